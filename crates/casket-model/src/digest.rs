@@ -1,0 +1,285 @@
+//! Content digests: a digest function, a 32-byte hash and a size.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::proto::reapi;
+
+/// A hash function blobs can be addressed by. It travels with every [`Digest`], so adding a
+/// function never changes a caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DigestFunction {
+    /// SHA-256, the REAPI default and the only function BuildStream 1 and Bazel 4 speak.
+    Sha256,
+    /// BLAKE3 with a 32-byte output.
+    Blake3,
+}
+
+impl DigestFunction {
+    /// Every supported function, default first.
+    pub const ALL: [DigestFunction; 2] = [DigestFunction::Sha256, DigestFunction::Blake3];
+
+    /// The lowercase name used in resource names and on disk (`sha256`, `blake3`).
+    pub fn name(self) -> &'static str {
+        match self {
+            DigestFunction::Sha256 => "sha256",
+            DigestFunction::Blake3 => "blake3",
+        }
+    }
+
+    /// Parses a name as printed by [`DigestFunction::name`].
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.name() == name)
+    }
+
+    /// The REAPI `DigestFunction.Value` of this function.
+    pub fn to_proto(self) -> reapi::digest_function::Value {
+        match self {
+            DigestFunction::Sha256 => reapi::digest_function::Value::Sha256,
+            DigestFunction::Blake3 => reapi::digest_function::Value::Blake3,
+        }
+    }
+
+    /// Maps a REAPI `DigestFunction.Value`; `UNKNOWN` (0) means SHA-256 as the spec says, and an
+    /// unsupported function is `None`.
+    pub fn from_proto(value: i32) -> Option<Self> {
+        match reapi::digest_function::Value::try_from(value).ok()? {
+            reapi::digest_function::Value::Unknown | reapi::digest_function::Value::Sha256 => {
+                Some(DigestFunction::Sha256)
+            }
+            reapi::digest_function::Value::Blake3 => Some(DigestFunction::Blake3),
+            _ => None,
+        }
+    }
+
+    /// The digest of the empty blob, which every store holds implicitly.
+    pub fn empty_digest(self) -> Digest {
+        Digest::of(self, b"")
+    }
+}
+
+impl fmt::Display for DigestFunction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Why a digest could not be parsed or converted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DigestError {
+    /// The text is not `hash/size`.
+    #[error("digest {0:?} is not of the form HASH/SIZE")]
+    Syntax(String),
+    /// The hash is not 64 lowercase hex digits.
+    #[error("digest hash {0:?} is not 64 lowercase hex digits")]
+    Hash(String),
+    /// The size is negative, not a number, or larger than `i64::MAX`.
+    #[error("digest size {0:?} is not an integer between 0 and 2^63-1")]
+    Size(String),
+    /// The digest function is not one casket supports.
+    #[error("unsupported digest function {0:?}")]
+    Function(String),
+}
+
+/// The address of a blob: which function hashed it, the hash, and the blob's length in bytes.
+///
+/// A `Digest` is always well-formed: 32 hash bytes and a size that fits the wire's `int64`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Digest {
+    function: DigestFunction,
+    hash: [u8; 32],
+    size: u64,
+}
+
+impl Digest {
+    /// Builds a digest from its parts; fails if `size` does not fit the wire's `int64`.
+    pub fn new(function: DigestFunction, hash: [u8; 32], size: u64) -> Result<Self, DigestError> {
+        if size > i64::MAX as u64 {
+            return Err(DigestError::Size(size.to_string()));
+        }
+        Ok(Digest { function, hash, size })
+    }
+
+    /// Hashes `data` with `function`.
+    pub fn of(function: DigestFunction, data: &[u8]) -> Self {
+        let mut hasher = crate::DigestHasher::new(function);
+        hasher.update(data);
+        hasher.finish()
+    }
+
+    /// Parses `HASH/SIZE` (the REAPI text form) as a digest of `function`.
+    pub fn parse(function: DigestFunction, text: &str) -> Result<Self, DigestError> {
+        let (hash, size) = text
+            .split_once('/')
+            .ok_or_else(|| DigestError::Syntax(text.to_owned()))?;
+        Self::from_parts(function, hash, size)
+    }
+
+    /// Validates a wire digest, which does not say which function made it.
+    pub fn from_proto(function: DigestFunction, digest: &reapi::Digest) -> Result<Self, DigestError> {
+        if digest.size_bytes < 0 {
+            return Err(DigestError::Size(digest.size_bytes.to_string()));
+        }
+        Self::new(
+            function,
+            parse_hash(&digest.hash)?,
+            digest.size_bytes.unsigned_abs(),
+        )
+    }
+
+    fn from_parts(function: DigestFunction, hash: &str, size: &str) -> Result<Self, DigestError> {
+        let size_ok = !size.is_empty() && size.bytes().all(|b| b.is_ascii_digit());
+        let size = size_ok
+            .then(|| size.parse::<u64>().ok())
+            .flatten()
+            .ok_or_else(|| DigestError::Size(size.to_owned()))?;
+        Self::new(function, parse_hash(hash)?, size)
+    }
+
+    /// The function that produced the hash.
+    pub fn function(&self) -> DigestFunction {
+        self.function
+    }
+
+    /// The raw hash bytes.
+    pub fn hash(&self) -> &[u8; 32] {
+        &self.hash
+    }
+
+    /// The hash as 64 lowercase hex digits.
+    pub fn hash_hex(&self) -> String {
+        hex::encode(self.hash)
+    }
+
+    /// The blob's length in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// True for the empty blob of this digest's function.
+    pub fn is_empty_blob(&self) -> bool {
+        *self == self.function.empty_digest()
+    }
+
+    /// The wire form (the function is carried out of band on the wire).
+    pub fn to_proto(&self) -> reapi::Digest {
+        reapi::Digest {
+            hash: self.hash_hex(),
+            size_bytes: self.size as i64,
+        }
+    }
+}
+
+fn parse_hash(text: &str) -> Result<[u8; 32], DigestError> {
+    let lower_hex = text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    let mut hash = [0u8; 32];
+    if !lower_hex || hex::decode_to_slice(text, &mut hash).is_err() {
+        return Err(DigestError::Hash(text.to_owned()));
+    }
+    Ok(hash)
+}
+
+/// `HASH/SIZE` for SHA-256; other functions are prefixed, e.g. `blake3:HASH/SIZE`, so that
+/// [`FromStr`] round-trips.
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.function != DigestFunction::Sha256 {
+            write!(f, "{}:", self.function)?;
+        }
+        write!(f, "{}/{}", self.hash_hex(), self.size)
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// Parses `HASH/SIZE` (SHA-256) or `FUNCTION:HASH/SIZE`.
+impl FromStr for Digest {
+    type Err = DigestError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.split_once(':') {
+            Some((name, rest)) => {
+                let function =
+                    DigestFunction::from_name(name).ok_or_else(|| DigestError::Function(name.to_owned()))?;
+                Digest::parse(function, rest)
+            }
+            None => Digest::parse(DigestFunction::Sha256, text),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+    #[test]
+    fn empty_blob_has_the_well_known_digest() {
+        let empty = DigestFunction::Sha256.empty_digest();
+        assert_eq!(empty.to_string(), format!("{EMPTY_SHA256}/0"));
+        assert!(empty.is_empty_blob());
+        let zero_size_other_hash = Digest::parse(DigestFunction::Sha256, &format!("{}/0", "0".repeat(64)));
+        assert!(!zero_size_other_hash.expect("valid").is_empty_blob());
+    }
+
+    #[test]
+    fn parse_is_strict() {
+        let ok = format!("{EMPTY_SHA256}/0");
+        assert!(ok.parse::<Digest>().is_ok());
+        for bad in [
+            format!("{}/0", EMPTY_SHA256.to_uppercase()),
+            format!("{}/0", &EMPTY_SHA256[1..]),
+            format!("{EMPTY_SHA256}0/0"),
+            format!("{EMPTY_SHA256}/-1"),
+            format!("{EMPTY_SHA256}/+1"),
+            format!("{EMPTY_SHA256}/"),
+            format!("{EMPTY_SHA256}/9223372036854775808"),
+            format!("{EMPTY_SHA256} /0"),
+            EMPTY_SHA256.to_owned(),
+            format!("md5:{EMPTY_SHA256}/0"),
+        ] {
+            assert!(bad.parse::<Digest>().is_err(), "{bad:?} should not parse");
+        }
+    }
+
+    #[test]
+    fn proto_sizes_are_validated() {
+        let negative = reapi::Digest {
+            hash: EMPTY_SHA256.into(),
+            size_bytes: -1,
+        };
+        assert_eq!(
+            Digest::from_proto(DigestFunction::Sha256, &negative),
+            Err(DigestError::Size("-1".into()))
+        );
+    }
+
+    #[test]
+    fn blake3_is_distinguished_in_text() {
+        let d = Digest::of(DigestFunction::Blake3, b"abc");
+        assert!(d.to_string().starts_with("blake3:"));
+        assert_eq!(d.to_string().parse::<Digest>(), Ok(d));
+        assert_ne!(d, Digest::of(DigestFunction::Sha256, b"abc"));
+    }
+
+    proptest! {
+        #[test]
+        fn display_parse_round_trip(hash in any::<[u8; 32]>(), size in 0..=i64::MAX as u64, blake in any::<bool>()) {
+            let function = if blake { DigestFunction::Blake3 } else { DigestFunction::Sha256 };
+            let d = Digest::new(function, hash, size).expect("size fits");
+            prop_assert_eq!(d.to_string().parse::<Digest>(), Ok(d));
+            prop_assert_eq!(Digest::from_proto(function, &d.to_proto()), Ok(d));
+        }
+
+        #[test]
+        fn parse_never_panics(text in ".{0,80}") {
+            let _ = text.parse::<Digest>();
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! The `BlobStore` trait: a small required core, and [`BlobStoreExt`] built on top of it.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use casket_model::{Digest, DigestFunction, DigestHasher};
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+
+use crate::error::{IoContext, Result, StoreError};
+
+/// A blob's bytes, streamed in chunks.
+pub type BlobStream = BoxStream<'static, Result<Bytes>>;
+
+/// How much of a blob to read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReadRange {
+    /// The first byte to read; must not be past the end of the blob.
+    pub offset: u64,
+    /// At most this many bytes; `None` reads to the end.
+    pub limit: Option<u64>,
+}
+
+impl ReadRange {
+    /// The whole blob.
+    pub const ALL: ReadRange = ReadRange {
+        offset: 0,
+        limit: None,
+    };
+
+    /// How many bytes this range covers in a blob of `size` bytes, or `None` if `offset` is past
+    /// the end.
+    pub fn len_within(&self, size: u64) -> Option<u64> {
+        let rest = size.checked_sub(self.offset)?;
+        Some(self.limit.map_or(rest, |limit| limit.min(rest)))
+    }
+}
+
+/// Totals a store can report exactly.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// The number of stored blobs.
+    pub blobs: u64,
+    /// The sum of their sizes.
+    pub bytes: u64,
+    /// Bytes the backend actually spends on them (allocated blocks for the disk store).
+    pub stored_bytes: u64,
+}
+
+/// A streaming write of one blob, verified on commit. Dropping it without committing aborts
+/// the write and leaves no trace.
+#[async_trait]
+pub trait BlobWriter: Send {
+    /// Appends `chunk`. Fails with [`StoreError::TooLong`] as soon as the declared size is
+    /// exceeded.
+    async fn write(&mut self, chunk: Bytes) -> Result<()>;
+
+    /// How many bytes have been accepted so far.
+    fn written(&self) -> u64;
+
+    /// Checks size and hash, then makes the blob visible atomically. On
+    /// [`StoreError::DigestMismatch`] nothing is stored.
+    async fn commit(self: Box<Self>) -> Result<()>;
+}
+
+/// A content-addressable blob store.
+///
+/// Contract shared by every implementation (checked by `conformance`):
+/// * a blob is visible only once complete, and only if its bytes hash to its digest;
+/// * the empty blob is always present;
+/// * writing a blob that exists succeeds and changes nothing;
+/// * a digest whose hash is stored with another size is absent for [`BlobStore::find_missing`]
+///   and an error ([`StoreError::SizeMismatch`]) for [`BlobStore::read`].
+#[async_trait]
+pub trait BlobStore: Send + Sync + fmt::Debug {
+    /// The subset of `digests` the store does not hold, in input order, duplicates kept.
+    /// Blobs found present count as used (their lifetime is extended).
+    async fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>>;
+
+    /// Streams `range` of the blob, or `Ok(None)` if it is absent.
+    async fn read(&self, digest: &Digest, range: ReadRange) -> Result<Option<BlobStream>>;
+
+    /// Starts a verified write of `digest`.
+    async fn begin_write(&self, digest: &Digest) -> Result<Box<dyn BlobWriter>>;
+
+    /// Removes the blob; `Ok(false)` if it was absent.
+    async fn delete(&self, digest: &Digest) -> Result<bool>;
+
+    /// Exact totals over every stored blob.
+    async fn usage(&self) -> Result<Usage>;
+
+    /// Stores the content of the regular file at `path` and returns its digest. The default
+    /// hashes the file, then streams it into [`BlobStore::begin_write`]; stores on a local disk
+    /// do it in one pass.
+    async fn ingest_file(&self, path: &Path, function: DigestFunction) -> Result<Digest> {
+        let digest = hash_file(path, function).await?;
+        let file = tokio::fs::File::open(path).await.io_context("open", path)?;
+        self.write_stream(&digest, reader_stream(file, path.to_owned()))
+            .await?;
+        Ok(digest)
+    }
+
+    /// A path on the local file system holding the blob, if the store keeps blobs as
+    /// read-only files there (used for hardlink checkouts). The file must never be modified.
+    fn local_path(&self, _digest: &Digest) -> Option<PathBuf> {
+        None
+    }
+}
+
+/// The largest blob [`BlobStoreExt::get_bytes`] loads into memory.
+pub const MAX_IN_MEMORY_BLOB: u64 = 64 << 20;
+
+/// Conveniences for every [`BlobStore`]. Not meant to be implemented by hand.
+#[async_trait]
+pub trait BlobStoreExt: BlobStore {
+    /// True if the blob is present.
+    async fn contains(&self, digest: &Digest) -> Result<bool> {
+        Ok(self.find_missing(std::slice::from_ref(digest)).await?.is_empty())
+    }
+
+    /// Reads a whole blob of at most [`MAX_IN_MEMORY_BLOB`] bytes into memory.
+    async fn get_bytes(&self, digest: &Digest) -> Result<Option<Bytes>> {
+        if digest.size() > MAX_IN_MEMORY_BLOB {
+            return Err(StoreError::TooLarge {
+                digest: *digest,
+                limit: MAX_IN_MEMORY_BLOB,
+            });
+        }
+        let Some(stream) = self.read(digest, ReadRange::ALL).await? else {
+            return Ok(None);
+        };
+        let chunks: Vec<Bytes> = stream.try_collect().await?;
+        Ok(Some(match chunks.len() {
+            1 => chunks.into_iter().next().unwrap_or_default(),
+            _ => Bytes::from(chunks.concat()),
+        }))
+    }
+
+    /// Stores `data`, hashed with `function`, and returns its digest.
+    async fn put_bytes(&self, function: DigestFunction, data: Bytes) -> Result<Digest> {
+        let digest = Digest::of(function, &data);
+        self.put_verified(&digest, data).await?;
+        Ok(digest)
+    }
+
+    /// Stores `data` under `digest`, refusing it if it does not match.
+    async fn put_verified(&self, digest: &Digest, data: Bytes) -> Result<()> {
+        let mut writer = self.begin_write(digest).await?;
+        writer.write(data).await?;
+        writer.commit().await
+    }
+
+    /// Stores a stream of chunks under `digest`, verified.
+    async fn write_stream(&self, digest: &Digest, mut chunks: BlobStream) -> Result<()> {
+        let mut writer = self.begin_write(digest).await?;
+        while let Some(chunk) = chunks.next().await {
+            writer.write(chunk?).await?;
+        }
+        writer.commit().await
+    }
+}
+
+impl<T: BlobStore + ?Sized> BlobStoreExt for T {}
+
+/// The chunk size for streaming reads and file ingestion.
+pub const CHUNK_SIZE: usize = 1 << 20;
+
+/// Hashes the file at `path` with `function` without loading it whole.
+pub async fn hash_file(path: &Path, function: DigestFunction) -> Result<Digest> {
+    let path = path.to_owned();
+    crate::error::blocking(move || {
+        use std::io::Read;
+        let mut file = std::fs::File::open(&path).io_context("open", &path)?;
+        let mut hasher = DigestHasher::new(function);
+        let mut buf = vec![0u8; CHUNK_SIZE];
+        loop {
+            let n = file.read(&mut buf).io_context("read", &path)?;
+            if n == 0 {
+                return Ok(hasher.finish());
+            }
+            hasher.update(&buf[..n]);
+        }
+    })
+    .await
+}
+
+/// Streams an async reader in [`CHUNK_SIZE`] chunks.
+pub(crate) fn reader_stream<R: tokio::io::AsyncRead + Send + 'static>(
+    reader: R,
+    path: PathBuf,
+) -> BlobStream {
+    tokio_util::io::ReaderStream::with_capacity(reader, CHUNK_SIZE)
+        .map_err(move |source| StoreError::Io {
+            op: "read",
+            path: path.clone(),
+            source,
+        })
+        .boxed()
+}

@@ -1,0 +1,225 @@
+//! The behaviour every [`BlobStore`] must show. Each backend's tests call [`run_all`]; a new
+//! backend (including remote clients in other crates) enables the `conformance` feature and
+//! does the same.
+//!
+//! The functions panic with a message naming the broken rule, as tests do.
+#![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
+
+use bytes::Bytes;
+use casket_model::{Digest, DigestFunction};
+use futures::TryStreamExt;
+
+use crate::{BlobStore, BlobStoreExt, ReadRange, StoreError};
+
+/// Runs every check against `store`, which should start empty.
+pub async fn run_all(store: &dyn BlobStore) {
+    empty_blob_is_always_present(store).await;
+    put_then_read_back(store).await;
+    find_missing_keeps_order_and_duplicates(store).await;
+    mismatched_writes_store_nothing(store).await;
+    abandoned_writes_store_nothing(store).await;
+    reads_honour_offset_and_limit(store).await;
+    wrong_size_is_missing(store).await;
+    writes_are_idempotent(store).await;
+    delete_removes(store).await;
+    usage_is_exact(store).await;
+}
+
+fn blob(tag: &str, len: usize) -> Bytes {
+    let seed = tag
+        .bytes()
+        .fold(7u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
+    (0..len)
+        .map(|i| (seed.wrapping_add(i as u32).wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect()
+}
+
+async fn read_all(store: &dyn BlobStore, digest: &Digest, range: ReadRange) -> Option<Vec<u8>> {
+    let stream = store.read(digest, range).await.unwrap()?;
+    let chunks: Vec<Bytes> = stream.try_collect().await.unwrap();
+    Some(chunks.concat())
+}
+
+/// The empty blob is present without ever being written, in every function.
+pub async fn empty_blob_is_always_present(store: &dyn BlobStore) {
+    for function in DigestFunction::ALL {
+        let empty = function.empty_digest();
+        assert!(
+            store.find_missing(&[empty]).await.unwrap().is_empty(),
+            "empty blob missing"
+        );
+        assert_eq!(read_all(store, &empty, ReadRange::ALL).await, Some(vec![]));
+    }
+}
+
+/// Blobs of every size class come back byte for byte, in both functions.
+pub async fn put_then_read_back(store: &dyn BlobStore) {
+    for function in DigestFunction::ALL {
+        for len in [1, 1000, 3 * crate::CHUNK_SIZE + 5] {
+            let data = blob(&format!("round-trip-{len}"), len);
+            let digest = store.put_bytes(function, data.clone()).await.unwrap();
+            assert_eq!(digest, Digest::of(function, &data));
+            let back = read_all(store, &digest, ReadRange::ALL).await;
+            assert_eq!(
+                back.as_deref(),
+                Some(data.as_ref()),
+                "{function} blob of {len} bytes"
+            );
+        }
+    }
+}
+
+/// `find_missing` answers in input order and keeps duplicates.
+pub async fn find_missing_keeps_order_and_duplicates(store: &dyn BlobStore) {
+    let present = store
+        .put_bytes(DigestFunction::Sha256, blob("present", 10))
+        .await
+        .unwrap();
+    let a = Digest::of(DigestFunction::Sha256, &blob("absent-a", 10));
+    let b = Digest::of(DigestFunction::Blake3, &blob("absent-b", 10));
+    let missing = store.find_missing(&[a, present, b, a]).await.unwrap();
+    assert_eq!(missing, vec![a, b, a]);
+    assert!(store.find_missing(&[]).await.unwrap().is_empty());
+}
+
+/// Wrong content, short content and long content are all refused and leave nothing behind.
+pub async fn mismatched_writes_store_nothing(store: &dyn BlobStore) {
+    let data = blob("mismatch", 5000);
+    let digest = Digest::of(DigestFunction::Sha256, &data);
+
+    let mut other = data.to_vec();
+    other[17] ^= 1;
+    let err = store.put_verified(&digest, Bytes::from(other)).await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::DigestMismatch { .. }),
+        "wrong content: {err}"
+    );
+
+    let err = store.put_verified(&digest, data.slice(..4999)).await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::DigestMismatch { .. }),
+        "short content: {err}"
+    );
+
+    let mut writer = store.begin_write(&digest).await.unwrap();
+    writer.write(data.clone()).await.unwrap();
+    let err = writer.write(Bytes::from_static(b"x")).await.unwrap_err();
+    assert!(matches!(err, StoreError::TooLong(_)), "long content: {err}");
+    drop(writer);
+
+    assert_eq!(store.find_missing(&[digest]).await.unwrap(), vec![digest]);
+    assert_eq!(read_all(store, &digest, ReadRange::ALL).await, None);
+}
+
+/// A writer dropped before `commit` stores nothing.
+pub async fn abandoned_writes_store_nothing(store: &dyn BlobStore) {
+    let data = blob("abandoned", 2000);
+    let digest = Digest::of(DigestFunction::Sha256, &data);
+    let mut writer = store.begin_write(&digest).await.unwrap();
+    writer.write(data).await.unwrap();
+    assert_eq!(writer.written(), 2000);
+    drop(writer);
+    assert_eq!(store.find_missing(&[digest]).await.unwrap(), vec![digest]);
+}
+
+/// Offsets and limits select exactly the bytes asked for; an offset past the end is an error.
+pub async fn reads_honour_offset_and_limit(store: &dyn BlobStore) {
+    let data = blob("ranges", 10_000);
+    let digest = store
+        .put_bytes(DigestFunction::Sha256, data.clone())
+        .await
+        .unwrap();
+    let cases = [
+        (0, None),
+        (1, None),
+        (9_999, None),
+        (10_000, None),
+        (100, Some(0)),
+        (100, Some(50)),
+        (9_990, Some(50)),
+    ];
+    for (offset, limit) in cases {
+        let got = read_all(store, &digest, ReadRange { offset, limit })
+            .await
+            .unwrap();
+        let start = offset as usize;
+        let end = limit.map_or(data.len(), |l| (start + l as usize).min(data.len()));
+        assert_eq!(got, &data[start..end], "offset {offset} limit {limit:?}");
+    }
+    let err = store
+        .read(
+            &digest,
+            ReadRange {
+                offset: 10_001,
+                limit: None,
+            },
+        )
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(err, StoreError::OffsetOutOfRange { .. }), "{err}");
+}
+
+/// A stored hash asked for with another size is missing, and reading it is an error.
+pub async fn wrong_size_is_missing(store: &dyn BlobStore) {
+    let data = blob("sized", 100);
+    let digest = store.put_bytes(DigestFunction::Sha256, data).await.unwrap();
+    let wrong = Digest::new(digest.function(), *digest.hash(), 99).unwrap();
+    assert_eq!(store.find_missing(&[wrong]).await.unwrap(), vec![wrong]);
+    let err = store.read(&wrong, ReadRange::ALL).await.err().unwrap();
+    assert!(
+        matches!(err, StoreError::SizeMismatch { actual: 100, .. }),
+        "{err}"
+    );
+}
+
+/// Writing a blob that is already there succeeds and changes nothing.
+pub async fn writes_are_idempotent(store: &dyn BlobStore) {
+    let data = blob("twice", 3000);
+    let first = store
+        .put_bytes(DigestFunction::Sha256, data.clone())
+        .await
+        .unwrap();
+    let before = store.usage().await.unwrap();
+    let second = store
+        .put_bytes(DigestFunction::Sha256, data.clone())
+        .await
+        .unwrap();
+    assert_eq!(first, second);
+    assert_eq!(store.usage().await.unwrap(), before);
+    assert_eq!(
+        read_all(store, &first, ReadRange::ALL).await.as_deref(),
+        Some(data.as_ref())
+    );
+}
+
+/// `delete` removes a blob and reports whether it was there.
+pub async fn delete_removes(store: &dyn BlobStore) {
+    let digest = store
+        .put_bytes(DigestFunction::Sha256, blob("deleted", 10))
+        .await
+        .unwrap();
+    assert!(store.delete(&digest).await.unwrap());
+    assert!(!store.delete(&digest).await.unwrap());
+    assert_eq!(store.find_missing(&[digest]).await.unwrap(), vec![digest]);
+}
+
+/// `usage` changes by exactly the blobs written and deleted.
+pub async fn usage_is_exact(store: &dyn BlobStore) {
+    let before = store.usage().await.unwrap();
+    let a = store
+        .put_bytes(DigestFunction::Sha256, blob("usage-a", 123))
+        .await
+        .unwrap();
+    let b = store
+        .put_bytes(DigestFunction::Blake3, blob("usage-b", 4567))
+        .await
+        .unwrap();
+    let after = store.usage().await.unwrap();
+    assert_eq!(after.blobs, before.blobs + 2);
+    assert_eq!(after.bytes, before.bytes + 123 + 4567);
+    store.delete(&a).await.unwrap();
+    store.delete(&b).await.unwrap();
+    let end = store.usage().await.unwrap();
+    assert_eq!((end.blobs, end.bytes), (before.blobs, before.bytes));
+}

@@ -1,0 +1,364 @@
+//! `DiskStore`: blobs as read-only files under a root directory.
+//!
+//! Layout (see ARCHITECTURE.md):
+//!
+//! ```text
+//! ROOT/casket-store              marker: "casket disk store 1"
+//! ROOT/cas/sha256/ab/cdef...     one file per blob, named by hash (2 + 62 hex), mode 0444
+//! ROOT/cas/blake3/ab/cdef...
+//! ROOT/tmp/                      temporary files, renamed into cas/ when complete
+//! ROOT/refs/project/element/key  ref files holding a digest
+//! ```
+//!
+//! The 256 fan-out directories per function are created once, with the marker, so the write
+//! path never calls `mkdir`. A blob becomes visible only by `rename` from `tmp/`, which is in
+//! the same file system, so readers never see a partial object and concurrent writers of one
+//! blob (threads or processes) simply race to rename identical content.
+
+mod ingest;
+mod maintenance;
+mod writer;
+
+use std::fs::{self, File};
+use std::io::{self, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use casket_model::{Digest, DigestFunction};
+use futures::StreamExt;
+use tokio::io::AsyncReadExt;
+
+pub use maintenance::{ObjectInfo, ObjectScan};
+
+use crate::blob_store::{BlobStore, BlobStream, BlobWriter, ReadRange, Usage, reader_stream};
+use crate::error::{IoContext, Result, StoreError, blocking};
+
+const MARKER_FILE: &str = "casket-store";
+const MARKER: &str = "casket disk store 1\n";
+
+/// An object used within this long is not touched again; keeps LRU bookkeeping off the hot path.
+const TOUCH_GRANULARITY: Duration = Duration::from_secs(60);
+
+/// How a [`DiskStore`] writes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DiskOptions {
+    /// `fsync` each object before it is renamed into place, and its directory after, so a
+    /// completed write survives a power loss (a process crash never needs it).
+    pub fsync: bool,
+}
+
+/// A content-addressable store in a local directory. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct DiskStore {
+    root: PathBuf,
+    options: DiskOptions,
+}
+
+impl DiskStore {
+    /// Opens the store at `root`, creating it if needed.
+    pub fn open(root: impl Into<PathBuf>, options: DiskOptions) -> Result<Self> {
+        let root = root.into();
+        let store = DiskStore { root, options };
+        let marker = store.root.join(MARKER_FILE);
+        match fs::read_to_string(&marker) {
+            Ok(text) if text == MARKER => {}
+            Ok(text) => {
+                return Err(StoreError::Io {
+                    op: "open store",
+                    path: marker,
+                    source: io::Error::other(format!("unknown store format {:?}", text.trim())),
+                });
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => store.create_layout()?,
+            Err(e) => return Err(e).io_context("read", marker),
+        }
+        Ok(store)
+    }
+
+    fn create_layout(&self) -> Result<()> {
+        for function in DigestFunction::ALL {
+            let dir = self.root.join("cas").join(function.name());
+            for byte in 0..=255u8 {
+                let fanout = dir.join(format!("{byte:02x}"));
+                fs::create_dir_all(&fanout).io_context("create", fanout)?;
+            }
+        }
+        for dir in [self.tmp_dir(), self.refs_dir()] {
+            fs::create_dir_all(&dir).io_context("create", dir)?;
+        }
+        let marker = tempfile::NamedTempFile::new_in(self.tmp_dir()).io_context("create", self.tmp_dir())?;
+        fs::write(marker.path(), MARKER).io_context("write", marker.path())?;
+        let target = self.root.join(MARKER_FILE);
+        marker
+            .persist(&target)
+            .map_err(|e| e.error)
+            .io_context("rename", target)?;
+        Ok(())
+    }
+
+    /// The store's root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where temporary files live (same file system as the objects).
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    /// Where ref files live.
+    pub fn refs_dir(&self) -> PathBuf {
+        self.root.join("refs")
+    }
+
+    /// The path of the object for `digest` (which may not exist).
+    pub fn object_path(&self, digest: &Digest) -> PathBuf {
+        let hex = digest.hash_hex();
+        let mut path = self.root.join("cas");
+        path.push(digest.function().name());
+        path.push(&hex[..2]);
+        path.push(&hex[2..]);
+        path
+    }
+
+    /// The object's metadata if it is stored with the digest's size. Touches it when `touch`.
+    fn stat_object(&self, digest: &Digest, touch: bool) -> Result<Option<fs::Metadata>> {
+        let path = self.object_path(digest);
+        match fs::metadata(&path) {
+            Ok(meta) if meta.len() == digest.size() => {
+                if touch {
+                    touch_if_stale(&path, &meta)?;
+                }
+                Ok(Some(meta))
+            }
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).io_context("stat", path),
+        }
+    }
+
+    fn find_missing_sync(&self, digests: &[Digest]) -> Result<Vec<Digest>> {
+        let mut missing = Vec::new();
+        for digest in digests {
+            if !digest.is_empty_blob() && self.stat_object(digest, true)?.is_none() {
+                missing.push(*digest);
+            }
+        }
+        Ok(missing)
+    }
+
+    fn open_for_read(&self, digest: &Digest, range: ReadRange) -> Result<Option<(File, u64)>> {
+        let path = self.object_path(digest);
+        let mut file = match File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).io_context("open", path),
+        };
+        let meta = file.metadata().io_context("stat", &path)?;
+        if meta.len() != digest.size() {
+            return Err(StoreError::SizeMismatch {
+                digest: *digest,
+                actual: meta.len(),
+            });
+        }
+        let len = range.len_within(meta.len()).ok_or(StoreError::OffsetOutOfRange {
+            digest: *digest,
+            offset: range.offset,
+        })?;
+        touch_if_stale(&path, &meta)?;
+        file.seek(SeekFrom::Start(range.offset))
+            .io_context("seek", &path)?;
+        Ok(Some((file, len)))
+    }
+}
+
+/// Sets the object's mtime (the LRU clock) to now unless it was set recently.
+fn touch_if_stale(path: &Path, meta: &fs::Metadata) -> Result<()> {
+    let now = SystemTime::now();
+    let stale = meta
+        .modified()
+        .ok()
+        .and_then(|m| now.duration_since(m).ok())
+        .is_none_or(|age| age > TOUCH_GRANULARITY);
+    if stale {
+        let times = rustix::fs::Timestamps {
+            last_access: rustix::fs::Timespec {
+                tv_sec: 0,
+                tv_nsec: rustix::fs::UTIME_OMIT,
+            },
+            last_modification: rustix::fs::Timespec {
+                tv_sec: 0,
+                tv_nsec: rustix::fs::UTIME_NOW,
+            },
+        };
+        match rustix::fs::utimensat(rustix::fs::CWD, path, &times, rustix::fs::AtFlags::empty()) {
+            // Removed meanwhile (eviction): the caller sees it as present, which is no worse
+            // than having been evicted just after the check.
+            Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+            Err(e) => return Err(io::Error::from(e)).io_context("touch", path),
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl BlobStore for DiskStore {
+    async fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>> {
+        let store = self.clone();
+        let digests = digests.to_vec();
+        blocking(move || store.find_missing_sync(&digests)).await
+    }
+
+    async fn read(&self, digest: &Digest, range: ReadRange) -> Result<Option<BlobStream>> {
+        if digest.is_empty_blob() {
+            return match range.offset {
+                0 => Ok(Some(futures::stream::empty().boxed())),
+                offset => Err(StoreError::OffsetOutOfRange {
+                    digest: *digest,
+                    offset,
+                }),
+            };
+        }
+        let store = self.clone();
+        let d = *digest;
+        let Some((file, len)) = blocking(move || store.open_for_read(&d, range)).await? else {
+            return Ok(None);
+        };
+        let reader = tokio::fs::File::from_std(file).take(len);
+        Ok(Some(reader_stream(reader, self.object_path(digest))))
+    }
+
+    async fn begin_write(&self, digest: &Digest) -> Result<Box<dyn BlobWriter>> {
+        let store = self.clone();
+        let digest = *digest;
+        Ok(Box::new(
+            blocking(move || writer::DiskWriter::new(store, digest)).await?,
+        ))
+    }
+
+    async fn delete(&self, digest: &Digest) -> Result<bool> {
+        let path = self.object_path(digest);
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e).io_context("remove", path),
+        }
+    }
+
+    async fn usage(&self) -> Result<Usage> {
+        let store = self.clone();
+        blocking(move || Ok(store.scan_objects()?.usage())).await
+    }
+
+    async fn ingest_file(&self, path: &Path, function: DigestFunction) -> Result<Digest> {
+        let store = self.clone();
+        let path = path.to_owned();
+        blocking(move || store.ingest_file_sync(&path, function)).await
+    }
+
+    fn local_path(&self, digest: &Digest) -> Option<PathBuf> {
+        Some(self.object_path(digest))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::BlobStoreExt;
+    use bytes::Bytes;
+
+    fn store() -> (tempfile::TempDir, DiskStore) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = DiskStore::open(dir.path().join("store"), DiskOptions::default()).expect("open");
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn conformance() {
+        let (_dir, store) = store();
+        crate::conformance::run_all(&store).await;
+    }
+
+    #[tokio::test]
+    async fn objects_are_read_only_files_in_the_documented_place() {
+        use std::os::unix::fs::PermissionsExt;
+        let (_dir, store) = store();
+        let digest = store
+            .put_bytes(DigestFunction::Sha256, Bytes::from_static(b"hello"))
+            .await
+            .expect("put");
+        let path = store.object_path(&digest);
+        let hex = digest.hash_hex();
+        assert!(path.ends_with(format!("cas/sha256/{}/{}", &hex[..2], &hex[2..])));
+        let mode = fs::metadata(&path).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o444);
+        assert_eq!(
+            fs::read_dir(store.tmp_dir()).expect("tmp").count(),
+            0,
+            "no temp file left"
+        );
+    }
+
+    #[tokio::test]
+    async fn reopening_keeps_blobs_and_refuses_foreign_formats() {
+        let (dir, store) = store();
+        let digest = store
+            .put_bytes(DigestFunction::Sha256, Bytes::from_static(b"kept"))
+            .await
+            .expect("put");
+        let again = DiskStore::open(store.root(), DiskOptions::default()).expect("reopen");
+        assert!(again.contains(&digest).await.expect("contains"));
+        fs::write(dir.path().join("store").join(MARKER_FILE), "something else\n").expect("write");
+        assert!(DiskStore::open(store.root(), DiskOptions::default()).is_err());
+    }
+
+    #[tokio::test]
+    async fn ingest_handles_small_and_large_files_in_one_pass() {
+        let (dir, store) = store();
+        for (name, len) in [
+            ("empty", 0usize),
+            ("small", 1000),
+            ("large", 3 * crate::CHUNK_SIZE + 17),
+        ] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+            let path = dir.path().join(name);
+            fs::write(&path, &data).expect("write");
+            for function in DigestFunction::ALL {
+                let digest = store.ingest_file(&path, function).await.expect("ingest");
+                assert_eq!(digest, Digest::of(function, &data), "{name}");
+                let back = store.get_bytes(&digest).await.expect("read").expect("present");
+                assert_eq!(back.as_ref(), data.as_slice(), "{name}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn ingest_refuses_symlinks() {
+        let (dir, store) = store();
+        let target = dir.path().join("target");
+        fs::write(&target, b"x").expect("write");
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&target, &link).expect("symlink");
+        assert!(store.ingest_file(&link, DigestFunction::Sha256).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn concurrent_writers_of_one_blob_all_succeed() {
+        let (_dir, store) = store();
+        let data = Bytes::from(vec![42u8; 300_000]);
+        let digest = Digest::of(DigestFunction::Sha256, &data);
+        let writers = (0..16).map(|_| {
+            let store = store.clone();
+            let data = data.clone();
+            tokio::spawn(async move { store.put_verified(&digest, data).await })
+        });
+        for w in futures::future::join_all(writers).await {
+            w.expect("join").expect("write");
+        }
+        assert_eq!(
+            store.get_bytes(&digest).await.expect("read").expect("present"),
+            data
+        );
+    }
+}

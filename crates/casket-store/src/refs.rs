@@ -1,0 +1,232 @@
+//! `DiskRefs`: named roots (`project/element/key` -> digest) as small files under `ROOT/refs/`.
+//!
+//! A ref is a file whose path below `refs/` is its name and whose content is the digest in
+//! text form. Updates write a temp file and rename it over the old one, so a reader sees the
+//! old or the new digest, never a mix. The file's mtime records when the ref was last set or
+//! read, which protects the tree it names from expiry.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use casket_model::{Digest, RefName};
+
+use crate::disk::DiskStore;
+use crate::error::{IoContext, Result, StoreError, blocking};
+
+/// One ref as listed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefEntry {
+    /// The ref's name.
+    pub name: RefName,
+    /// The root digest it names.
+    pub digest: Digest,
+    /// When it was last set or read.
+    pub touched: SystemTime,
+}
+
+/// The refs of a [`DiskStore`]. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct DiskRefs {
+    dir: PathBuf,
+    tmp: PathBuf,
+}
+
+impl DiskRefs {
+    /// The refs kept beside `store`'s blobs.
+    pub fn new(store: &DiskStore) -> Self {
+        DiskRefs {
+            dir: store.refs_dir(),
+            tmp: store.tmp_dir(),
+        }
+    }
+
+    fn path(&self, name: &RefName) -> PathBuf {
+        self.dir.join(name.as_str())
+    }
+
+    /// Points `name` at `digest`, atomically replacing any previous value.
+    pub async fn set(&self, name: &RefName, digest: &Digest) -> Result<()> {
+        let (refs, name, digest) = (self.clone(), name.clone(), *digest);
+        blocking(move || refs.set_sync(&name, &digest)).await
+    }
+
+    fn set_sync(&self, name: &RefName, digest: &Digest) -> Result<()> {
+        let path = self.path(name);
+        let conflict = || StoreError::RefConflict(name.to_string());
+        let parent = path.parent().unwrap_or(&self.dir);
+        match fs::create_dir_all(parent) {
+            Ok(()) => {}
+            Err(e)
+                if e.kind() == io::ErrorKind::NotADirectory || e.kind() == io::ErrorKind::AlreadyExists =>
+            {
+                return Err(conflict());
+            }
+            Err(e) => return Err(e).io_context("create", parent),
+        }
+        let mut temp = tempfile::Builder::new()
+            .prefix("ref-")
+            .tempfile_in(&self.tmp)
+            .io_context("create temp file in", &self.tmp)?;
+        writeln!(temp, "{digest}").io_context("write", temp.path())?;
+        match temp.persist(&path) {
+            Ok(_) => Ok(()),
+            Err(_) if path.is_dir() => Err(conflict()),
+            Err(e) => Err(e.error).io_context("rename into", path),
+        }
+    }
+
+    /// The digest `name` points at, or `None`. Reading a ref counts as using it.
+    pub async fn get(&self, name: &RefName) -> Result<Option<Digest>> {
+        let (refs, name) = (self.clone(), name.clone());
+        blocking(move || {
+            let path = refs.path(&name);
+            let Some(digest) = read_ref(&name, &path)? else {
+                return Ok(None);
+            };
+            let now = fs::FileTimes::new().set_modified(SystemTime::now());
+            // A ref removed between the read and the touch was still read; ignore that race.
+            let _ = fs::File::options()
+                .write(true)
+                .open(&path)
+                .and_then(|f| f.set_times(now));
+            Ok(Some(digest))
+        })
+        .await
+    }
+
+    /// Removes `name`; `Ok(false)` if it did not exist. Empty parent folders are removed too.
+    pub async fn delete(&self, name: &RefName) -> Result<bool> {
+        let (refs, name) = (self.clone(), name.clone());
+        blocking(move || {
+            let path = refs.path(&name);
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+                Err(_) if path.is_dir() => return Err(StoreError::RefConflict(name.to_string())),
+                Err(e) => return Err(e).io_context("remove", path),
+            }
+            let mut dir = path.parent();
+            while let Some(d) = dir.filter(|d| *d != refs.dir) {
+                // Fails harmlessly when another ref still lives there.
+                if fs::remove_dir(d).is_err() {
+                    break;
+                }
+                dir = d.parent();
+            }
+            Ok(true)
+        })
+        .await
+    }
+
+    /// Every ref, sorted by name.
+    pub async fn list(&self) -> Result<Vec<RefEntry>> {
+        let refs = self.clone();
+        blocking(move || {
+            let mut entries = Vec::new();
+            refs.walk(&refs.dir, &mut entries)?;
+            entries.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(entries)
+        })
+        .await
+    }
+
+    fn walk(&self, dir: &Path, out: &mut Vec<RefEntry>) -> Result<()> {
+        for entry in fs::read_dir(dir).io_context("list", dir)? {
+            let entry = entry.io_context("list", dir)?;
+            let path = entry.path();
+            let file_type = entry.file_type().io_context("stat", &path)?;
+            if file_type.is_dir() {
+                self.walk(&path, out)?;
+                continue;
+            }
+            let relative = path.strip_prefix(&self.dir).unwrap_or(&path);
+            let name = relative
+                .to_str()
+                .and_then(|n| RefName::new(n).ok())
+                .ok_or_else(|| StoreError::CorruptRef {
+                    name: relative.display().to_string(),
+                    reason: "not a valid ref name".into(),
+                })?;
+            let touched = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .io_context("stat", &path)?;
+            if let Some(digest) = read_ref(&name, &path)? {
+                out.push(RefEntry {
+                    name,
+                    digest,
+                    touched,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+fn read_ref(name: &RefName, path: &Path) -> Result<Option<Digest>> {
+    let text = match fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(_) if path.is_dir() => return Err(StoreError::RefConflict(name.to_string())),
+        Err(e) => return Err(e).io_context("read", path),
+    };
+    text.trim_end_matches('\n')
+        .parse()
+        .map(Some)
+        .map_err(|e: casket_model::DigestError| StoreError::CorruptRef {
+            name: name.to_string(),
+            reason: e.to_string(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::DiskOptions;
+    use casket_model::DigestFunction;
+
+    fn name(s: &str) -> RefName {
+        RefName::new(s).expect("valid")
+    }
+
+    #[tokio::test]
+    async fn set_get_list_delete() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = DiskStore::open(dir.path(), DiskOptions::default()).expect("open");
+        let refs = DiskRefs::new(&store);
+        let a = Digest::of(DigestFunction::Sha256, b"a");
+        let b = Digest::of(DigestFunction::Blake3, b"b");
+        assert_eq!(refs.get(&name("p/e/k")).await.expect("get"), None);
+        refs.set(&name("p/e/k"), &a).await.expect("set");
+        refs.set(&name("p/other"), &a).await.expect("set");
+        refs.set(&name("p/e/k"), &b).await.expect("update");
+        assert_eq!(refs.get(&name("p/e/k")).await.expect("get"), Some(b));
+        let listed: Vec<_> = refs
+            .list()
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|e| (e.name, e.digest))
+            .collect();
+        assert_eq!(listed, vec![(name("p/e/k"), b), (name("p/other"), a)]);
+
+        assert!(matches!(
+            refs.set(&name("p/e/k/deeper"), &a).await,
+            Err(StoreError::RefConflict(_))
+        ));
+        assert!(matches!(
+            refs.set(&name("p/e"), &a).await,
+            Err(StoreError::RefConflict(_))
+        ));
+
+        assert!(refs.delete(&name("p/e/k")).await.expect("delete"));
+        assert!(!refs.delete(&name("p/e/k")).await.expect("delete again"));
+        assert!(
+            !store.refs_dir().join("p/e").exists(),
+            "empty parents are removed"
+        );
+        assert_eq!(refs.list().await.expect("list").len(), 1);
+    }
+}
