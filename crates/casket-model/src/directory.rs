@@ -255,7 +255,7 @@ impl Directory {
     }
 
     /// Entries in name-byte order.
-    pub fn entries(&self) -> impl ExactSizeIterator<Item = (&EntryName, &Node)> + '_ {
+    pub fn entries(&self) -> std::collections::btree_map::Iter<'_, EntryName, Node> {
         self.entries.iter()
     }
 
