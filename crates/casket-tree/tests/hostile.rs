@@ -47,9 +47,18 @@ impl Fixture {
         let err = checkout(&self.store, root, &target, &CheckoutOptions::default(), &())
             .await
             .unwrap_err();
-        let outside: Vec<_> = fs::read_dir(&sandbox).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert!(outside.iter().all(|n| n == "target"), "written outside the target: {outside:?}");
-        assert!(!target.exists(), "nothing is written before the tree is validated");
+        let outside: Vec<_> = fs::read_dir(&sandbox)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(
+            outside.iter().all(|n| n == "target"),
+            "written outside the target: {outside:?}"
+        );
+        assert!(
+            !target.exists(),
+            "nothing is written before the tree is validated"
+        );
         err
     }
 }
@@ -87,7 +96,10 @@ async fn dot_dot_entries_are_refused_naming_the_path() {
             })
             .await;
         let err = f.refused(&root).await;
-        assert!(matches!(err, TreeError::InvalidDirectory { ref path, .. } if path == "sub"), "{name:?}: {err}");
+        assert!(
+            matches!(err, TreeError::InvalidDirectory { ref path, .. } if path == "sub"),
+            "{name:?}: {err}"
+        );
         assert!(err.to_string().starts_with("sub: invalid directory"), "{err}");
     }
 }
@@ -107,7 +119,10 @@ async fn unsorted_and_duplicate_names_are_refused() {
             })
             .await;
         let err = f.refused(&root).await;
-        assert!(matches!(err, TreeError::InvalidDirectory { ref path, .. } if path == "."), "{err}");
+        assert!(
+            matches!(err, TreeError::InvalidDirectory { ref path, .. } if path == "."),
+            "{err}"
+        );
     }
 }
 
@@ -161,7 +176,10 @@ async fn missing_content_is_refused_before_writing() {
         })
         .await;
     let err = f.refused(&root).await;
-    assert!(matches!(err, TreeError::MissingFile { ref path, .. } if path == "a/gone"), "{err}");
+    assert!(
+        matches!(err, TreeError::MissingFile { ref path, .. } if path == "a/gone"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -188,12 +206,22 @@ async fn symlinked_or_occupied_targets_are_refused() {
     let planted = f.dir.path().join("planted");
     fs::create_dir(&planted).unwrap();
     symlink(&outside, planted.join("etc")).unwrap();
-    let err = checkout(&f.store, &captured.root, &planted, &CheckoutOptions::default(), &())
-        .await
-        .unwrap_err();
+    let err = checkout(
+        &f.store,
+        &captured.root,
+        &planted,
+        &CheckoutOptions::default(),
+        &(),
+    )
+    .await
+    .unwrap_err();
     assert!(err.to_string().contains("is not empty"), "{err}");
 
-    assert_eq!(fs::read_dir(&outside).unwrap().count(), 0, "nothing written through a symlink");
+    assert_eq!(
+        fs::read_dir(&outside).unwrap().count(),
+        0,
+        "nothing written through a symlink"
+    );
 }
 
 #[tokio::test]
@@ -217,6 +245,9 @@ async fn symlinks_in_the_tree_are_created_never_followed() {
         .await
         .unwrap();
     assert_eq!(fs::read_link(dest.join("escape")).unwrap(), outside);
-    assert_eq!(fs::read_link(dest.join("relative")).unwrap(), Path::new("escape/../../x"));
+    assert_eq!(
+        fs::read_link(dest.join("relative")).unwrap(),
+        Path::new("escape/../../x")
+    );
     assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
 }

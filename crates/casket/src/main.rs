@@ -59,7 +59,9 @@ enum Command {
     #[command(after_help = "Example: casket ls -r --json project/element/key")]
     Ls(commands::tree::LsArgs),
     /// Write a blob's content to stdout.
-    #[command(after_help = "Example: casket cat e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855/0")]
+    #[command(
+        after_help = "Example: casket cat e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855/0"
+    )]
     Cat(commands::blob::CatArgs),
     /// Store a file as a blob and print its digest.
     #[command(after_help = "Example: casket put ./large.bin")]

@@ -6,14 +6,25 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, suffix) = text.split_at(split);
-    let number: u64 = number.parse().map_err(|_| format!("{text:?} is not a size such as 10G"))?;
-    let shift = match suffix.trim().to_ascii_uppercase().trim_end_matches("IB").trim_end_matches('B') {
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size such as 10G"))?;
+    let shift = match suffix
+        .trim()
+        .to_ascii_uppercase()
+        .trim_end_matches("IB")
+        .trim_end_matches('B')
+    {
         "" => 0,
         "K" => 10,
         "M" => 20,
         "G" => 30,
         "T" => 40,
-        _ => return Err(format!("{text:?}: unknown size unit {suffix:?} (use K, M, G or T)")),
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown size unit {suffix:?} (use K, M, G or T)"
+            ));
+        }
     };
     number
         .checked_mul(1 << shift)
@@ -25,7 +36,9 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration such as 1h"))?;
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration such as 1h"))?;
     let seconds = match unit {
         "s" => 1,
         "m" => 60,

@@ -31,7 +31,8 @@ pub struct PutArgs {
 
 /// Parses a digest function name for clap.
 pub fn parse_function(name: &str) -> Result<DigestFunction, String> {
-    DigestFunction::from_name(name).ok_or_else(|| format!("unknown digest function {name:?} (sha256 or blake3)"))
+    DigestFunction::from_name(name)
+        .ok_or_else(|| format!("unknown digest function {name:?} (sha256 or blake3)"))
 }
 
 /// Streams a blob to stdout.

@@ -77,7 +77,9 @@ pub async fn gc(cx: &Context, args: GcArgs) -> anyhow::Result<ExitCode> {
         if !report.quota_met {
             out!(
                 "quota not met: {} objects are protected by recent refs, {} were used within {:?}",
-                report.kept_protected, report.kept_recent, args.grace
+                report.kept_protected,
+                report.kept_recent,
+                args.grace
             );
         }
     }
@@ -136,13 +138,20 @@ pub async fn fsck(cx: &Context, args: FsckArgs) -> anyhow::Result<ExitCode> {
         let verb = if report.repaired { "removed" } else { "found" };
         out!("checked {} objects ({})", report.blobs, format_size(report.bytes));
         for c in &report.corrupt {
-            out!("corrupt object {} (content hashes to {}), {verb}", c.digest, c.actual);
+            out!(
+                "corrupt object {} (content hashes to {}), {verb}",
+                c.digest,
+                c.actual
+            );
         }
         for p in &report.strays {
             out!("stray file {}, {verb}", p.display());
         }
         if !report.temp_files.is_empty() {
-            out!("{} temp files of interrupted or running writes, {verb}", report.temp_files.len());
+            out!(
+                "{} temp files of interrupted or running writes, {verb}",
+                report.temp_files.len()
+            );
         }
         for r in &report.incomplete_refs {
             out!("incomplete ref {} ({}): {}", r.name, r.root, r.problem);

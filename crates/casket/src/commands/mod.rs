@@ -8,7 +8,6 @@ macro_rules! out {
     }};
 }
 
-
 pub mod blob;
 pub mod maintenance;
 pub mod refs;
@@ -57,7 +56,8 @@ impl Context {
         if let Ok(digest) = target.parse::<Digest>() {
             return Ok(digest);
         }
-        let name = RefName::new(target).map_err(|e| anyhow!("{target:?} is neither a digest (HASH/SIZE) nor a ref: {e}"))?;
+        let name = RefName::new(target)
+            .map_err(|e| anyhow!("{target:?} is neither a digest (HASH/SIZE) nor a ref: {e}"))?;
         self.refs
             .get(&name)
             .await?
@@ -70,7 +70,9 @@ fn default_store() -> anyhow::Result<PathBuf> {
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
-        .ok_or_else(|| anyhow!("no --store, $CASKET_STORE, $XDG_CACHE_HOME or $HOME to place the store in"))?;
+        .ok_or_else(|| {
+            anyhow!("no --store, $CASKET_STORE, $XDG_CACHE_HOME or $HOME to place the store in")
+        })?;
     Ok(cache.join("casket"))
 }
 

@@ -45,7 +45,11 @@ pub async fn run(cx: &Context, command: RefCommand) -> anyhow::Result<ExitCode> 
             cx.refs.set(&name, &digest).await?;
         }
         RefCommand::Get { name } => {
-            let digest = cx.refs.get(&name).await?.ok_or_else(|| anyhow!("no ref named {name:?}"))?;
+            let digest = cx
+                .refs
+                .get(&name)
+                .await?
+                .ok_or_else(|| anyhow!("no ref named {name:?}"))?;
             out!("{digest}");
         }
         RefCommand::List { json } => {

@@ -140,11 +140,17 @@ pub async fn ls(cx: &Context, args: LsArgs) -> anyhow::Result<ExitCode> {
             .get_bytes(&root)
             .await?
             .ok_or_else(|| anyhow!("directory {root} is not in the store"))?;
-        top = Directory::decode(root.function(), &bytes).with_context(|| format!("{root} is not a valid directory"))?;
-        top.entries().map(|(name, node)| (name.to_string(), node)).collect()
+        top = Directory::decode(root.function(), &bytes)
+            .with_context(|| format!("{root} is not a valid directory"))?;
+        top.entries()
+            .map(|(name, node)| (name.to_string(), node))
+            .collect()
     };
     if args.json {
-        let list: Vec<_> = entries.iter().map(|(path, node)| entry_json(path, node)).collect();
+        let list: Vec<_> = entries
+            .iter()
+            .map(|(path, node)| entry_json(path, node))
+            .collect();
         return print_json(&serde_json::Value::Array(list));
     }
     for (path, node) in entries {

@@ -1,0 +1,90 @@
+//! Shared helpers for the CLI's integration tests: running the binary, generating trees with
+//! the shared generator, and finding real peers.
+#![allow(dead_code, clippy::unwrap_used, clippy::missing_panics_doc)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The `casket` binary under test, pointed at `store`.
+pub fn casket(store: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_casket"));
+    cmd.arg("--store").arg(store).arg("--quiet");
+    cmd
+}
+
+/// Runs `cmd`, asserts it exits 0, and returns its stdout.
+pub fn ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed with {}:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs `cmd` and returns its whole output, whatever the exit status.
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap()
+}
+
+/// The folder of shared test material (`peers/`, `oracle/`): `$CASKET_SHARED`, or `shared/`
+/// beside the checkout.
+pub fn shared_dir() -> PathBuf {
+    std::env::var_os("CASKET_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared"))
+}
+
+/// Generates a deterministic tree with the shared `gen_tree.py` (any Python 3).
+pub fn gen_tree(out: &Path, args: &[&str]) {
+    let script = shared_dir().join("peers/gen_tree.py");
+    assert!(
+        script.exists(),
+        "{} is missing: set CASKET_SHARED",
+        script.display()
+    );
+    let status = Command::new("python3")
+        .arg(&script)
+        .arg(out)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "gen_tree failed: {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+}
+
+/// Whether a peer is available. When it is not: panics under `CASKET_REQUIRE_PEERS=1` (CI),
+/// otherwise prints why the test is skipped and returns false.
+pub fn peer_available(name: &str, problem: Option<String>) -> bool {
+    let Some(problem) = problem else { return true };
+    if std::env::var("CASKET_REQUIRE_PEERS").is_ok_and(|v| v == "1") {
+        panic!("peer {name} is required (CASKET_REQUIRE_PEERS=1) but unavailable: {problem}");
+    }
+    eprintln!("SKIPPED: peer {name} unavailable ({problem}); set it up with .ci/run");
+    false
+}
+
+/// Checks that BuildStream 1.6.8 is importable by Debian's Python and the shared client exists.
+pub fn buildstream1() -> Option<String> {
+    let client = shared_dir().join("peers/bst1/client.py");
+    if !client.exists() {
+        return Some(format!("{} not found", client.display()));
+    }
+    let probe = Command::new("/usr/bin/python3")
+        .args(["-c", "import buildstream; print(buildstream.__version__)"])
+        .output();
+    match probe {
+        Ok(out) if out.status.success() && String::from_utf8_lossy(&out.stdout).starts_with("1.6") => None,
+        Ok(out) => Some(format!(
+            "/usr/bin/python3 cannot import BuildStream 1.6: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )),
+        Err(e) => Some(format!("/usr/bin/python3: {e}")),
+    }
+}
