@@ -33,7 +33,7 @@ pub enum TreeError {
         /// The directory's digest.
         digest: Digest,
         /// What is wrong with it.
-        source: DirectoryError,
+        source: Box<DirectoryError>,
     },
     /// The store failed while handling `path`.
     #[error("{path}: {source}")]
@@ -41,7 +41,7 @@ pub enum TreeError {
         /// Where in the tree.
         path: String,
         /// The store's error.
-        source: StoreError,
+        source: Box<StoreError>,
     },
     /// A file-system operation on the user's tree failed.
     #[error("{op} {}: {source}", .path.display())]
@@ -84,7 +84,10 @@ pub(crate) fn io_error(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnc
 
 pub(crate) fn store_error(path: impl Into<String>) -> impl FnOnce(StoreError) -> TreeError {
     let path = path.into();
-    move |source| TreeError::Store { path, source }
+    move |source| TreeError::Store {
+        path,
+        source: Box::new(source),
+    }
 }
 
 /// Runs blocking file-system work off the async runtime.

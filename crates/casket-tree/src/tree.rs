@@ -138,6 +138,10 @@ async fn fetch_directory(
     };
     match Directory::decode(digest.function(), &bytes) {
         Ok(directory) => Ok((path, digest, directory)),
-        Err(source) => Err(TreeError::InvalidDirectory { path, digest, source }),
+        Err(source) => Err(TreeError::InvalidDirectory {
+            path,
+            digest,
+            source: Box::new(source),
+        }),
     }
 }

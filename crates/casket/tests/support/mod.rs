@@ -6,14 +6,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// The `casket` binary under test, pointed at `store`.
-pub fn casket(store: &Path) -> Command {
+pub(crate) fn casket(store: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_casket"));
     cmd.arg("--store").arg(store).arg("--quiet");
     cmd
 }
 
 /// Runs `cmd`, asserts it exits 0, and returns its stdout.
-pub fn ok(cmd: &mut Command) -> String {
+pub(crate) fn ok(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
@@ -25,20 +25,20 @@ pub fn ok(cmd: &mut Command) -> String {
 }
 
 /// Runs `cmd` and returns its whole output, whatever the exit status.
-pub fn run(cmd: &mut Command) -> Output {
+pub(crate) fn run(cmd: &mut Command) -> Output {
     cmd.output().unwrap()
 }
 
 /// The folder of shared test material (`peers/`, `oracle/`): `$CASKET_SHARED`, or `shared/`
 /// beside the checkout.
-pub fn shared_dir() -> PathBuf {
+pub(crate) fn shared_dir() -> PathBuf {
     std::env::var_os("CASKET_SHARED")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared"))
 }
 
 /// Generates a deterministic tree with the shared `gen_tree.py` (any Python 3).
-pub fn gen_tree(out: &Path, args: &[&str]) {
+pub(crate) fn gen_tree(out: &Path, args: &[&str]) {
     let script = shared_dir().join("peers/gen_tree.py");
     assert!(
         script.exists(),
@@ -60,7 +60,7 @@ pub fn gen_tree(out: &Path, args: &[&str]) {
 
 /// Whether a peer is available. When it is not: panics under `CASKET_REQUIRE_PEERS=1` (CI),
 /// otherwise prints why the test is skipped and returns false.
-pub fn peer_available(name: &str, problem: Option<String>) -> bool {
+pub(crate) fn peer_available(name: &str, problem: Option<String>) -> bool {
     let Some(problem) = problem else { return true };
     if std::env::var("CASKET_REQUIRE_PEERS").is_ok_and(|v| v == "1") {
         panic!("peer {name} is required (CASKET_REQUIRE_PEERS=1) but unavailable: {problem}");
@@ -70,7 +70,7 @@ pub fn peer_available(name: &str, problem: Option<String>) -> bool {
 }
 
 /// Checks that BuildStream 1.6.8 is importable by Debian's Python and the shared client exists.
-pub fn buildstream1() -> Option<String> {
+pub(crate) fn buildstream1() -> Option<String> {
     let client = shared_dir().join("peers/bst1/client.py");
     if !client.exists() {
         return Some(format!("{} not found", client.display()));
