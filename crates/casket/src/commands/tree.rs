@@ -30,6 +30,9 @@ pub struct CaptureArgs {
     /// Record permission bits as node properties (changes the digest).
     #[arg(long)]
     unix_mode: bool,
+    /// Files stored at once (default: 4 per core).
+    #[arg(long, short, value_name = "N")]
+    jobs: Option<usize>,
     /// Print a JSON summary instead of the digest.
     #[arg(long)]
     json: bool,
@@ -45,6 +48,9 @@ pub struct CheckoutArgs {
     /// Copy files instead of hard-linking the store's read-only objects.
     #[arg(long)]
     copy: bool,
+    /// Directories materialised at once (default: 4 per core).
+    #[arg(long, short, value_name = "N")]
+    jobs: Option<usize>,
     /// Print a JSON summary.
     #[arg(long)]
     json: bool,
@@ -69,7 +75,7 @@ pub async fn capture(cx: &Context, args: CaptureArgs) -> anyhow::Result<ExitCode
         function: args.digest_function,
         mtime: args.mtime,
         unix_mode: args.unix_mode,
-        ..Default::default()
+        concurrency: args.jobs.unwrap_or_else(casket_tree::default_concurrency),
     };
     let bar = Bar::new("capture", cx.quiet);
     let started = std::time::Instant::now();
@@ -104,7 +110,7 @@ pub async fn checkout(cx: &Context, args: CheckoutArgs) -> anyhow::Result<ExitCo
         } else {
             CheckoutMode::Hardlink
         },
-        ..Default::default()
+        concurrency: args.jobs.unwrap_or_else(casket_tree::default_concurrency),
     };
     let bar = Bar::new("checkout", cx.quiet);
     let started = std::time::Instant::now();
