@@ -91,6 +91,12 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
     /// Exact totals over every stored blob.
     async fn usage(&self) -> Result<Usage>;
 
+    /// Stores `blobs`, hashed by the store with `function`, and returns their digests in order.
+    /// The batch is the unit of work: stores on a local disk write it in one blocking task.
+    async fn put_many(&self, function: DigestFunction, blobs: Vec<Bytes>) -> Result<Vec<Digest>> {
+        futures::future::try_join_all(blobs.into_iter().map(|data| self.put_bytes(function, data))).await
+    }
+
     /// Stores the content of the regular file at `path` and returns its digest. The default
     /// hashes the file, then streams it into [`BlobStore::begin_write`]; stores on a local disk
     /// do it in one pass.

@@ -15,6 +15,7 @@ use crate::{BlobStore, BlobStoreExt, ReadRange, StoreError};
 pub async fn run_all(store: &dyn BlobStore) {
     empty_blob_is_always_present(store).await;
     put_then_read_back(store).await;
+    put_many_returns_digests_in_order(store).await;
     find_missing_keeps_order_and_duplicates(store).await;
     mismatched_writes_store_nothing(store).await;
     abandoned_writes_store_nothing(store).await;
@@ -66,6 +67,24 @@ pub async fn put_then_read_back(store: &dyn BlobStore) {
                 "{function} blob of {len} bytes"
             );
         }
+    }
+}
+
+/// `put_many` stores every blob and returns their digests in input order.
+pub async fn put_many_returns_digests_in_order(store: &dyn BlobStore) {
+    let blobs: Vec<Bytes> = (0..20)
+        .map(|i| blob(&format!("many-{}", i % 15), i * 100))
+        .collect();
+    let digests = store
+        .put_many(DigestFunction::Sha256, blobs.clone())
+        .await
+        .unwrap();
+    for (data, digest) in blobs.iter().zip(&digests) {
+        assert_eq!(*digest, Digest::of(DigestFunction::Sha256, data));
+        assert_eq!(
+            read_all(store, digest, ReadRange::ALL).await.as_deref(),
+            Some(data.as_ref())
+        );
     }
 }
 

@@ -1,13 +1,15 @@
 //! Capture: turn a directory on disk into a Merkle tree of `Directory` messages in a store.
 //!
-//! Three phases: a single-threaded scan (`readdir` + `lstat`), the files' contents stored with
-//! bounded concurrency (the store hashes each file in one pass), then the directories encoded
-//! bottom-up and written if missing. The result is identical to BuildStream's
+//! Three phases: a single-threaded scan (`readdir`, file types from `d_type`, no `stat` of
+//! files), the files read in batches on blocking threads (`open`, `fstat`, one `read`) and
+//! stored with [`BlobStore::put_many`] (files over 64 KiB go through the store's one-pass
+//! [`BlobStore::ingest_file`]), then the directories encoded bottom-up and written if missing. The result is identical to BuildStream's
 //! `CASCache._commit_directory` for the same tree: entries sorted by name bytes, executable =
 //! owner execute bit, symlink targets verbatim, no node properties unless asked for.
 
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -59,6 +61,12 @@ pub struct Captured {
     pub file_bytes: u64,
 }
 
+/// Files at most this large are read into memory by the capture and stored in batches.
+const SMALL_FILE: u64 = 64 << 10;
+
+/// Files read and stored per blocking task; bounds memory to `concurrency * BATCH * SMALL_FILE`.
+const BATCH: usize = 128;
+
 enum Item {
     File(usize),
     Directory(usize),
@@ -70,19 +78,18 @@ struct ScannedDirectory {
     properties: NodeProperties,
 }
 
-struct ScannedFile {
-    path: PathBuf,
-    size: u64,
-    executable: bool,
-    properties: NodeProperties,
-}
-
-/// Directories in pre-order (a parent's index is below its children's) and files.
+/// Directories in pre-order (a parent's index is below its children's) and file paths.
 #[derive(Default)]
 struct Scan {
     directories: Vec<ScannedDirectory>,
-    files: Vec<ScannedFile>,
+    files: Vec<PathBuf>,
     symlinks: u64,
+}
+
+/// A file as read: its node, and its content if small.
+struct ReadFile {
+    node: FileNode,
+    content: Option<Bytes>,
 }
 
 /// Captures the directory at `root` into `store`. A symlink given as `root` is followed; no
@@ -97,24 +104,28 @@ pub async fn capture(
         let (root, options) = (root.to_owned(), options.clone());
         blocking(move || scan(&root, &options)).await?
     };
-    let total_bytes = scan.files.iter().map(|f| f.size).sum();
-    progress.start(scan.files.len() as u64, total_bytes);
+    progress.start(scan.files.len() as u64, 0);
 
-    let mut file_digests = vec![None; scan.files.len()];
-    let mut ingested = futures::stream::iter(scan.files.iter().enumerate())
-        .map(|(index, file)| async move {
-            let digest = store
-                .ingest_file(&file.path, options.function)
-                .await
-                .map_err(store_error(file.path.display().to_string()))?;
-            progress.advance(1, file.size);
-            Ok::<_, TreeError>((index, digest))
-        })
+    let mut files: Vec<Option<FileNode>> = vec![None; scan.files.len()];
+    let batches = scan
+        .files
+        .chunks(BATCH)
+        .enumerate()
+        .map(|(i, paths)| (i * BATCH, paths.to_vec()));
+    let mut stored = futures::stream::iter(batches)
+        .map(|(first, paths)| store_batch(store, first, paths, options, progress))
         .buffer_unordered(options.concurrency.max(1));
-    while let Some((index, digest)) = ingested.try_next().await? {
-        file_digests[index] = Some(digest);
+    while let Some(batch) = stored.try_next().await? {
+        for (index, node) in batch {
+            files[index] = Some(node);
+        }
     }
-    drop(ingested);
+    drop(stored);
+    let files: Vec<FileNode> = files
+        .into_iter()
+        .map(|f| f.expect("every batch completed"))
+        .collect();
+    let file_bytes = files.iter().map(|f| f.digest.size()).sum();
 
     let mut directory_digests = vec![None; scan.directories.len()];
     let mut encoded = Vec::with_capacity(scan.directories.len());
@@ -123,11 +134,7 @@ pub async fn capture(
         directory.set_properties(scanned.properties.clone());
         for (name, item) in &scanned.entries {
             let node = match item {
-                Item::File(i) => Node::File(FileNode {
-                    digest: file_digests[*i].expect("every file was stored"),
-                    executable: scan.files[*i].executable,
-                    properties: scan.files[*i].properties.clone(),
-                }),
+                Item::File(i) => Node::File(files[*i].clone()),
                 Item::Directory(i) => Node::Directory(directory_digests[*i].expect("children come first")),
                 Item::Symlink(link) => Node::Symlink(link.clone()),
             };
@@ -142,10 +149,94 @@ pub async fn capture(
 
     Ok(Captured {
         root: directory_digests[0].expect("the root was encoded"),
-        files: scan.files.len() as u64,
+        files: files.len() as u64,
         directories: scan.directories.len() as u64,
         symlinks: scan.symlinks,
-        file_bytes: total_bytes,
+        file_bytes,
+    })
+}
+
+/// Reads a batch of files on a blocking thread, then stores the small ones with one
+/// `put_many` and the large ones one by one. Returns each file's index and node.
+async fn store_batch(
+    store: &dyn BlobStore,
+    first: usize,
+    paths: Vec<PathBuf>,
+    options: &CaptureOptions,
+    progress: &dyn Progress,
+) -> Result<Vec<(usize, FileNode)>> {
+    let read = {
+        let (paths, options) = (paths.clone(), options.clone());
+        blocking(move || {
+            paths
+                .iter()
+                .map(|p| read_file(p, &options))
+                .collect::<Result<Vec<_>>>()
+        })
+        .await?
+    };
+    let small: Vec<Bytes> = read.iter().filter_map(|r| r.content.clone()).collect();
+    let mut small_digests = store
+        .put_many(options.function, small)
+        .await
+        .map_err(store_error(paths[0].display().to_string()))?
+        .into_iter();
+    let mut nodes = Vec::with_capacity(read.len());
+    for (offset, (file, path)) in read.into_iter().zip(&paths).enumerate() {
+        let mut node = file.node;
+        node.digest = match file.content {
+            Some(_) => small_digests.next().expect("one digest per small file"),
+            None => store
+                .ingest_file(path, options.function)
+                .await
+                .map_err(store_error(path.display().to_string()))?,
+        };
+        progress.advance(1, node.digest.size());
+        nodes.push((first + offset, node));
+    }
+    Ok(nodes)
+}
+
+/// Opens a file without following symlinks and reads it whole if it is small. The node's
+/// digest is a placeholder until the content is stored.
+fn read_file(path: &Path, options: &CaptureOptions) -> Result<ReadFile> {
+    let mut file = fs::File::options()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
+        .map_err(io_error("open", path))?;
+    let meta = file.metadata().map_err(io_error("stat", path))?;
+    if !meta.is_file() {
+        return Err(TreeError::Unsupported {
+            path: path.to_owned(),
+            reason: "changed into something other than a regular file during capture",
+        });
+    }
+    let content = if meta.len() <= SMALL_FILE {
+        // One read of len + 1 bytes: a short read is the end of file; a full one means the
+        // file grew since fstat, and the rest is read too.
+        let mut data = vec![0u8; meta.len() as usize + 1];
+        let mut filled = 0;
+        loop {
+            let n = file.read(&mut data[filled..]).map_err(io_error("read", path))?;
+            filled += n;
+            if n == 0 || filled < data.len() {
+                break;
+            }
+            data.resize(data.len() * 2, 0);
+        }
+        data.truncate(filled);
+        Some(Bytes::from(data))
+    } else {
+        None
+    };
+    Ok(ReadFile {
+        node: FileNode {
+            digest: options.function.empty_digest(),
+            executable: meta.permissions().mode() & 0o100 != 0,
+            properties: properties(&meta, options, true),
+        },
+        content,
     })
 }
 
@@ -184,8 +275,9 @@ fn scan(root: &Path, options: &CaptureOptions) -> Result<Scan> {
             reason: "not a directory",
         });
     }
+    let want_metadata = options.mtime || options.unix_mode;
     let mut scan = Scan::default();
-    let mut pending = vec![(root.to_owned(), meta, None::<(usize, EntryName)>)];
+    let mut pending = vec![(root.to_owned(), Some(meta), None::<(usize, EntryName)>)];
     while let Some((path, meta, parent)) = pending.pop() {
         let index = scan.directories.len();
         if let Some((parent, name)) = parent {
@@ -193,9 +285,18 @@ fn scan(root: &Path, options: &CaptureOptions) -> Result<Scan> {
                 .entries
                 .push((name, Item::Directory(index)));
         }
+        let own_properties = match (&meta, want_metadata) {
+            (Some(meta), true) => properties(meta, options, true),
+            (None, true) => properties(
+                &fs::symlink_metadata(&path).map_err(io_error("stat", &path))?,
+                options,
+                true,
+            ),
+            _ => NodeProperties::default(),
+        };
         scan.directories.push(ScannedDirectory {
             entries: Vec::new(),
-            properties: properties(&meta, options, true),
+            properties: own_properties,
         });
         for entry in fs::read_dir(&path).map_err(io_error("list", &path))? {
             let entry = entry.map_err(io_error("list", &path))?;
@@ -209,18 +310,12 @@ fn scan(root: &Path, options: &CaptureOptions) -> Result<Scan> {
                     path: child.clone(),
                     reason: "the name is not UTF-8",
                 })?;
-            let meta = fs::symlink_metadata(&child).map_err(io_error("stat", &child))?;
-            let file_type = meta.file_type();
+            let file_type = entry.file_type().map_err(io_error("stat", &child))?;
             let item = if file_type.is_dir() {
-                pending.push((child, meta, Some((index, name))));
+                pending.push((child, None, Some((index, name))));
                 continue;
             } else if file_type.is_file() {
-                scan.files.push(ScannedFile {
-                    executable: meta.permissions().mode() & 0o100 != 0,
-                    size: meta.len(),
-                    properties: properties(&meta, options, true),
-                    path: child,
-                });
+                scan.files.push(child);
                 Item::File(scan.files.len() - 1)
             } else if file_type.is_symlink() {
                 let target = fs::read_link(&child).map_err(io_error("read link", &child))?;
@@ -233,7 +328,10 @@ fn scan(root: &Path, options: &CaptureOptions) -> Result<Scan> {
                         path: child.clone(),
                         reason: "the symlink target is not UTF-8",
                     })?;
-                link.properties = properties(&meta, options, false);
+                if want_metadata {
+                    let meta = fs::symlink_metadata(&child).map_err(io_error("stat", &child))?;
+                    link.properties = properties(&meta, options, false);
+                }
                 scan.symlinks += 1;
                 Item::Symlink(link)
             } else {

@@ -1,25 +1,46 @@
 //! One-pass ingestion of local files: read once, hash and write the same bytes.
+//!
+//! Small files are read whole, hashed, and written only if absent. Large files go through a
+//! three-thread pipeline over a fixed pool of reused, page-aligned buffers: this thread reads,
+//! one thread hashes, one thread writes with `O_DIRECT`. Bypassing the page cache matters: on
+//! machines where fresh page-cache pages are expensive (virtual machines) a buffered 1 GiB copy
+//! costs several times the hashing, while direct writes run at device speed beside it.
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 
-use bytes::Bytes;
 use casket_model::{Digest, DigestFunction, DigestHasher};
 
 use super::DiskStore;
-use crate::blob_store::CHUNK_SIZE;
 use crate::error::{IoContext, Result, StoreError};
 
-/// Files up to this size are read into memory whole, hashed, and written only if absent.
+/// Files up to this size are read into memory whole.
 const SMALL_FILE: u64 = 1 << 20;
 
-/// Chunks in flight between the reading thread and the hashing thread of a large file.
-const PIPELINE_DEPTH: usize = 4;
+/// Size of each pipeline buffer.
+const PIPELINE_CHUNK: usize = 4 << 20;
+
+/// Buffers circulating in the pipeline; bounds its memory to this many chunks.
+const PIPELINE_BUFFERS: usize = 4;
+
+/// `O_DIRECT` needs buffer addresses, lengths and file offsets aligned to the device's logical
+/// block size; 4 KiB covers every common device.
+const DIRECT_ALIGN: usize = 4096;
 
 impl DiskStore {
+    /// Stores `data`, whose digest the caller computed from it, unless already present.
+    pub(super) fn store_if_absent(&self, digest: &Digest, data: &[u8]) -> Result<()> {
+        if digest.is_empty_blob() || self.stat_object(digest, true)?.is_some() {
+            return Ok(());
+        }
+        let mut temp = self.create_temp(false)?;
+        temp.file.write_all(data).io_context("write", self.tmp_dir())?;
+        self.install(temp, digest)
+    }
+
     /// Stores the regular file at `path` and returns its digest. Symlinks are refused (the
     /// file is opened with `O_NOFOLLOW`). What is hashed is exactly what is written, even if
     /// the file changes meanwhile.
@@ -34,52 +55,142 @@ impl DiskStore {
             let mut data = Vec::with_capacity(len as usize + 1);
             file.read_to_end(&mut data).io_context("read", path)?;
             let digest = Digest::of(function, &data);
-            if !digest.is_empty_blob() && self.stat_object(&digest, true)?.is_none() {
-                let mut temp = self.create_temp()?;
-                temp.write_all(&data).io_context("write", temp.path())?;
-                self.install(temp, &digest)?;
-            }
+            self.store_if_absent(&digest, &data)?;
             return Ok(digest);
         }
         self.ingest_large(file, path, function)
     }
 
-    /// Copies a large file into a temp file while another thread hashes the same chunks.
-    fn ingest_large(&self, mut file: File, path: &Path, function: DigestFunction) -> Result<Digest> {
-        let mut temp = self.create_temp()?;
-        let (tx, rx) = mpsc::sync_channel::<Bytes>(PIPELINE_DEPTH);
-        let digest = std::thread::scope(|scope| {
+    fn ingest_large(&self, mut source: File, path: &Path, function: DigestFunction) -> Result<Digest> {
+        let mut temp = self.create_temp(true)?;
+        let tmp_dir = self.tmp_dir();
+        let (free_tx, free_rx) = mpsc::sync_channel::<AlignedBuf>(PIPELINE_BUFFERS);
+        for _ in 0..PIPELINE_BUFFERS {
+            free_tx.send(AlignedBuf::new()).map_err(|_| pipeline_stopped())?;
+        }
+        let (hash_tx, hash_rx) = mpsc::sync_channel::<Chunk>(PIPELINE_BUFFERS);
+        let (write_tx, write_rx) = mpsc::sync_channel::<Chunk>(PIPELINE_BUFFERS);
+
+        let (read, hashed, written) = std::thread::scope(|scope| {
+            let hash_free = free_tx.clone();
             let hasher = scope.spawn(move || {
                 let mut hasher = DigestHasher::new(function);
-                for chunk in rx {
-                    hasher.update(&chunk);
+                for chunk in hash_rx {
+                    hasher.update(chunk.bytes());
+                    chunk.release(&hash_free);
                 }
                 hasher.finish()
             });
-            let copied = (|| {
+            let file = &mut temp.file;
+            let write_free = free_tx.clone();
+            let writer = scope.spawn(move || -> io::Result<()> {
+                for chunk in write_rx {
+                    write_direct(file, chunk.bytes())?;
+                    chunk.release(&write_free);
+                }
+                Ok(())
+            });
+            let read = (|| {
                 loop {
-                    let mut buf = Vec::with_capacity(CHUNK_SIZE);
-                    let n = (&mut file)
-                        .take(CHUNK_SIZE as u64)
-                        .read_to_end(&mut buf)
-                        .io_context("read", path)?;
-                    if n == 0 {
+                    let mut buf = free_rx.recv().map_err(|_| pipeline_stopped())?;
+                    let len = read_full(&mut source, buf.as_mut_slice()).io_context("read", path)?;
+                    if len == 0 {
                         return Ok(());
                     }
-                    let chunk = Bytes::from(buf);
-                    temp.write_all(&chunk).io_context("write", temp.path())?;
-                    if tx.send(chunk).is_err() {
-                        return Err(StoreError::Task("hashing thread stopped".into()));
+                    let chunk = Chunk {
+                        buf: Arc::new(buf),
+                        len,
+                    };
+                    let both = hash_tx.send(chunk.clone()).and_then(|()| write_tx.send(chunk));
+                    if both.is_err() || len < PIPELINE_CHUNK {
+                        return both.map_err(|_| pipeline_stopped());
                     }
                 }
             })();
-            drop(tx);
-            let digest = hasher
-                .join()
-                .map_err(|_| StoreError::Task("hashing thread panicked".into()));
-            copied.and(digest)
-        })?;
+            drop((hash_tx, write_tx));
+            (read, hasher.join(), writer.join())
+        });
+        read?;
+        written
+            .map_err(|_| StoreError::Task("writing thread panicked".into()))?
+            .io_context("write", tmp_dir)?;
+        let digest = hashed.map_err(|_| StoreError::Task("hashing thread panicked".into()))?;
         self.install(temp, &digest)?;
         Ok(digest)
     }
+}
+
+fn pipeline_stopped() -> StoreError {
+    StoreError::Task("ingestion pipeline stopped".into())
+}
+
+/// A heap buffer of [`PIPELINE_CHUNK`] bytes starting at a [`DIRECT_ALIGN`]-aligned address.
+struct AlignedBuf {
+    storage: Vec<u8>,
+    start: usize,
+}
+
+impl AlignedBuf {
+    fn new() -> Self {
+        let storage = vec![0u8; PIPELINE_CHUNK + DIRECT_ALIGN];
+        // The heap allocation never moves, so the offset stays valid when the Vec is moved.
+        let start = storage.as_ptr().align_offset(DIRECT_ALIGN);
+        AlignedBuf { storage, start }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        &self.storage[self.start..self.start + PIPELINE_CHUNK]
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.storage[self.start..self.start + PIPELINE_CHUNK]
+    }
+}
+
+/// A filled buffer shared by the hashing and writing threads.
+#[derive(Clone)]
+struct Chunk {
+    buf: Arc<AlignedBuf>,
+    len: usize,
+}
+
+impl Chunk {
+    fn bytes(&self) -> &[u8] {
+        &self.buf.as_slice()[..self.len]
+    }
+
+    /// Drops this reference; the last of the two returns the buffer to the pool.
+    fn release(self, free: &mpsc::SyncSender<AlignedBuf>) {
+        if let Some(buf) = Arc::into_inner(self.buf) {
+            // The reader may have finished and dropped the pool; the buffer is then just freed.
+            let _ = free.send(buf);
+        }
+    }
+}
+
+/// Fills `buf` unless the file ends first; returns how much was read.
+fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// Writes an aligned chunk. Only the last chunk of a file can have an unaligned length: its
+/// aligned part is written directly, then `O_DIRECT` is cleared for the tail.
+fn write_direct(file: &mut File, bytes: &[u8]) -> io::Result<()> {
+    let aligned = bytes.len() - bytes.len() % DIRECT_ALIGN;
+    file.write_all(&bytes[..aligned])?;
+    if aligned < bytes.len() {
+        let flags = rustix::fs::fcntl_getfl(&*file)?;
+        rustix::fs::fcntl_setfl(&*file, flags - rustix::fs::OFlags::DIRECT)?;
+        file.write_all(&bytes[aligned..])?;
+    }
+    Ok(())
 }

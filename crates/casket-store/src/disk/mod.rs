@@ -6,17 +6,19 @@
 //! ROOT/casket-store              marker: "casket disk store 1"
 //! ROOT/cas/sha256/ab/cdef...     one file per blob, named by hash (2 + 62 hex), mode 0444
 //! ROOT/cas/blake3/ab/cdef...
-//! ROOT/tmp/                      temporary files, renamed into cas/ when complete
+//! ROOT/tmp/                      where objects are written (O_TMPFILE) before being linked
 //! ROOT/refs/project/element/key  ref files holding a digest
 //! ```
 //!
 //! The 256 fan-out directories per function are created once, with the marker, so the write
-//! path never calls `mkdir`. A blob becomes visible only by `rename` from `tmp/`, which is in
-//! the same file system, so readers never see a partial object and concurrent writers of one
-//! blob (threads or processes) simply race to rename identical content.
+//! path never calls `mkdir`. A blob is written to an anonymous `O_TMPFILE` inode in `tmp/` (same
+//! file system), verified, and only then given its name with `linkat`, so readers never see a
+//! partial object, a crash leaves nothing, and concurrent writers of one blob (threads or
+//! processes) race harmlessly: the first link wins and the others find it there.
 
 mod ingest;
 mod maintenance;
+mod temp;
 mod writer;
 
 use std::fs::{self, File};
@@ -25,6 +27,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use casket_model::{Digest, DigestFunction};
 use futures::StreamExt;
 use tokio::io::AsyncReadExt;
@@ -59,6 +62,8 @@ impl DiskStore {
     /// Opens the store at `root`, creating it if needed.
     pub fn open(root: impl Into<PathBuf>, options: DiskOptions) -> Result<Self> {
         let root = root.into();
+        // Absolute, so that no operation has to look up the working directory again.
+        let root = std::path::absolute(&root).io_context("resolve", root)?;
         let store = DiskStore { root, options };
         let marker = store.root.join(MARKER_FILE);
         match fs::read_to_string(&marker) {
@@ -251,6 +256,21 @@ impl BlobStore for DiskStore {
         blocking(move || Ok(store.scan_objects()?.usage())).await
     }
 
+    async fn put_many(&self, function: DigestFunction, blobs: Vec<Bytes>) -> Result<Vec<Digest>> {
+        let store = self.clone();
+        blocking(move || {
+            blobs
+                .iter()
+                .map(|data| {
+                    let digest = Digest::of(function, data);
+                    store.store_if_absent(&digest, data)?;
+                    Ok(digest)
+                })
+                .collect()
+        })
+        .await
+    }
+
     async fn ingest_file(&self, path: &Path, function: DigestFunction) -> Result<Digest> {
         let store = self.clone();
         let path = path.to_owned();
@@ -266,7 +286,6 @@ impl BlobStore for DiskStore {
 mod tests {
     use super::*;
     use crate::BlobStoreExt;
-    use bytes::Bytes;
 
     fn store() -> (tempfile::TempDir, DiskStore) {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -1,60 +1,27 @@
-//! Writing objects: temp file in `tmp/`, verify, rename into `cas/`.
+//! Streaming writes: into a temp object, hashed as they go, verified, then linked into place.
 
-use std::fs::{File, Permissions};
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use casket_model::{Digest, DigestHasher};
-use tempfile::NamedTempFile;
 
 use super::DiskStore;
+use super::temp::TempObject;
 use crate::blob_store::BlobWriter;
 use crate::error::{IoContext, Result, StoreError, blocking};
-
-impl DiskStore {
-    /// A new, empty, read-only temp file beside the objects. It is removed if dropped.
-    pub(super) fn create_temp(&self) -> Result<NamedTempFile> {
-        tempfile::Builder::new()
-            .prefix("obj-")
-            .permissions(Permissions::from_mode(0o444))
-            .tempfile_in(self.tmp_dir())
-            .io_context("create temp file in", self.tmp_dir())
-    }
-
-    /// Makes a complete, verified temp file the object for `digest`. Renaming over an existing
-    /// object is harmless: it has the same content.
-    pub(super) fn install(&self, temp: NamedTempFile, digest: &Digest) -> Result<()> {
-        if self.options.fsync {
-            temp.as_file().sync_data().io_context("fsync", temp.path())?;
-        }
-        let target = self.object_path(digest);
-        temp.persist(&target)
-            .map_err(|e| e.error)
-            .io_context("rename into", &target)?;
-        if self.options.fsync
-            && let Some(dir) = target.parent()
-        {
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .io_context("fsync", dir)?;
-        }
-        Ok(())
-    }
-}
 
 /// A streaming write into a temp file, hashed as it goes.
 pub(super) struct DiskWriter {
     store: DiskStore,
     digest: Digest,
-    state: Option<(NamedTempFile, DigestHasher)>,
+    state: Option<(TempObject, DigestHasher)>,
     written: u64,
 }
 
 impl DiskWriter {
     pub(super) fn new(store: DiskStore, digest: Digest) -> Result<Self> {
-        let temp = store.create_temp()?;
+        let temp = store.create_temp(false)?;
         Ok(DiskWriter {
             store,
             digest,
@@ -63,7 +30,7 @@ impl DiskWriter {
         })
     }
 
-    fn take_state(&mut self) -> Result<(NamedTempFile, DigestHasher)> {
+    fn take_state(&mut self) -> Result<(TempObject, DigestHasher)> {
         self.state
             .take()
             .ok_or_else(|| StoreError::Task("write after a failed write".into()))
@@ -79,8 +46,9 @@ impl BlobWriter for DiskWriter {
         }
         let (mut temp, mut hasher) = self.take_state()?;
         let len = chunk.len() as u64;
+        let store_tmp = self.store.tmp_dir();
         let state = blocking(move || {
-            temp.write_all(&chunk).io_context("write", temp.path())?;
+            temp.file.write_all(&chunk).io_context("write", store_tmp)?;
             hasher.update(&chunk);
             Ok((temp, hasher))
         })

@@ -1,0 +1,103 @@
+//! Temporary objects: anonymous `O_TMPFILE` inodes linked into place when complete.
+//!
+//! An `O_TMPFILE` inode has no name until `linkat` gives it its final one, so a crash leaves
+//! nothing behind and there is no cross-directory rename (which takes a file-system-wide lock in
+//! Linux). File systems without `O_TMPFILE` get a named temp file in `tmp/` that is renamed
+//! instead; those are what `fsck` reports as temp files after a crash.
+
+use std::fs::{File, Permissions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use casket_model::Digest;
+use rustix::fs::{AtFlags, CWD, Mode, OFlags};
+use rustix::io::Errno;
+
+use super::DiskStore;
+use crate::error::{IoContext, Result};
+
+/// An object being written: invisible until [`DiskStore::install`].
+pub(super) struct TempObject {
+    pub(super) file: File,
+    named: Option<tempfile::TempPath>,
+}
+
+impl DiskStore {
+    /// A new, empty, read-only (mode 0444, writable through this handle) temp object. With
+    /// `direct`, writes bypass the page cache (`O_DIRECT`) where the file system allows it;
+    /// they must then be aligned as `ingest` does.
+    pub(super) fn create_temp(&self, direct: bool) -> Result<TempObject> {
+        let tmp = self.tmp_dir();
+        let flags = OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC;
+        let mode = Mode::from_raw_mode(0o444);
+        let opened = if direct {
+            match rustix::fs::open(&tmp, flags | OFlags::DIRECT, mode) {
+                Err(Errno::INVAL) => rustix::fs::open(&tmp, flags, mode),
+                other => other,
+            }
+        } else {
+            rustix::fs::open(&tmp, flags, mode)
+        };
+        match opened {
+            Ok(fd) => Ok(TempObject {
+                file: File::from(fd),
+                named: None,
+            }),
+            Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL) => {
+                let named = tempfile::Builder::new()
+                    .prefix("obj-")
+                    .permissions(Permissions::from_mode(0o444))
+                    .tempfile_in(&tmp)
+                    .io_context("create temp file in", &tmp)?;
+                let (file, path) = named.into_parts();
+                Ok(TempObject {
+                    file,
+                    named: Some(path),
+                })
+            }
+            Err(e) => Err(io::Error::from(e)).io_context("create temp file in", tmp),
+        }
+    }
+
+    /// Gives a complete, verified temp object its final name. An object already there has the
+    /// same content, so finding one is success.
+    pub(super) fn install(&self, temp: TempObject, digest: &Digest) -> Result<()> {
+        if self.options.fsync {
+            temp.file.sync_data().io_context("fsync", self.tmp_dir())?;
+        }
+        let target = self.object_path(digest);
+        match temp.named {
+            None => link_anonymous(&temp.file, &target).io_context("link into", &target)?,
+            Some(path) => path
+                .persist(&target)
+                .map_err(|e| e.error)
+                .io_context("rename into", &target)?,
+        }
+        if self.options.fsync
+            && let Some(dir) = target.parent()
+        {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .io_context("fsync", dir)?;
+        }
+        Ok(())
+    }
+}
+
+/// Links an `O_TMPFILE` inode at `target`. `AT_EMPTY_PATH` needs `CAP_DAC_READ_SEARCH`;
+/// without it the inode is linked through its `/proc/self/fd` name.
+fn link_anonymous(file: &File, target: &Path) -> io::Result<()> {
+    let linked = match rustix::fs::linkat(file, "", CWD, target, AtFlags::EMPTY_PATH) {
+        Err(Errno::NOENT | Errno::PERM) => {
+            let by_name = format!("/proc/self/fd/{}", file.as_raw_fd());
+            rustix::fs::linkat(CWD, by_name.as_str(), CWD, target, AtFlags::SYMLINK_FOLLOW)
+        }
+        other => other,
+    };
+    match linked {
+        Ok(()) | Err(Errno::EXIST) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
