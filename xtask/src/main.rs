@@ -1,0 +1,48 @@
+//! `cargo xtask`: project automation that would otherwise live in shell scripts.
+//!
+//! * `cargo xtask test`: everything CI checks, in order, stopping at the first failure.
+//! * `cargo xtask bench-peers`: casket against its peers, side by side in one run.
+#![allow(clippy::print_stdout)]
+
+mod bench;
+
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("test") => test(),
+        Some("bench-peers") => bench::run(&args[1..]),
+        _ => bail!("usage: cargo xtask test | bench-peers [--reps N] [--work DIR] [--large-mib N]"),
+    }
+}
+
+/// The CI sequence: formatting, lints, docs, every test.
+fn test() -> anyhow::Result<()> {
+    cargo(&["fmt", "--all", "--", "--check"], &[])?;
+    cargo(
+        &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"],
+        &[],
+    )?;
+    cargo(
+        &["doc", "--workspace", "--no-deps"],
+        &[("RUSTDOCFLAGS", "-D warnings")],
+    )?;
+    cargo(&["test", "--workspace"], &[])?;
+    Ok(())
+}
+
+fn cargo(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
+    println!("==> cargo {}", args.join(" "));
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(args)
+        .envs(env.iter().copied())
+        .status()
+        .with_context(|| format!("cannot run cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
