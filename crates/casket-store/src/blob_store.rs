@@ -108,10 +108,12 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
         Ok(digest)
     }
 
-    /// A path on the local file system holding the blob, if the store keeps blobs as
-    /// read-only files there (used for hardlink checkouts). The file must never be modified.
-    fn local_path(&self, _digest: &Digest) -> Option<PathBuf> {
-        None
+    /// A read-only file on the local file system holding the blob, with the owner's execute
+    /// bit set as `executable` asks, for hardlink checkouts; `Ok(None)` if the store keeps no
+    /// such files or the blob is absent. The file must never be modified. May block: call it
+    /// from a blocking thread.
+    fn local_file(&self, _digest: &Digest, _executable: bool) -> Result<Option<PathBuf>> {
+        Ok(None)
     }
 }
 

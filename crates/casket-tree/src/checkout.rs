@@ -7,8 +7,9 @@
 //! 3. every write goes through a directory file descriptor opened with `O_NOFOLLOW`, names are
 //!    single validated components, and files are created with `O_EXCL`, so nothing is written
 //!    outside the target and no symlink is ever followed while writing;
-//! 4. in hardlink mode the store's objects are linked, never modified: files that need another
-//!    mode than the object's read-only `0444` (executables, files with properties) are copied.
+//! 4. in hardlink mode the store's objects are linked, never modified: executables link the
+//!    store's read-only executable variant (`0555`), and files with recorded properties (mode,
+//!    mtime) are copied, since those live in the inode.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -225,10 +226,14 @@ impl DirectoryJob {
             match node {
                 Node::File(file) => {
                     let linkable = self.mode == CheckoutMode::Hardlink
-                        && !file.executable
                         && !file.digest.is_empty_blob()
                         && file.properties.is_empty();
-                    let source = store.local_path(&file.digest).filter(|_| linkable);
+                    let source = match linkable {
+                        true => store
+                            .local_file(&file.digest, file.executable)
+                            .map_err(store_error(target.display().to_string()))?,
+                        false => None,
+                    };
                     let linked = match source {
                         Some(source) => try_link(&source, &dir, name.as_str(), &target)?,
                         None => false,
@@ -281,7 +286,10 @@ fn copy_file(
     let fd = rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(mode))
         .map_err(|e| io_error("create", target)(e.into()))?;
     let mut out = File::from(fd);
-    match store.local_path(&file.digest) {
+    let local = store
+        .local_file(&file.digest, false)
+        .map_err(store_error(target.display().to_string()))?;
+    match local {
         Some(source) if !file.digest.is_empty_blob() => {
             let mut input = File::open(&source).map_err(io_error("open", &source))?;
             io::copy(&mut input, &mut out).map_err(io_error("copy into", target))?;

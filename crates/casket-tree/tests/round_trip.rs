@@ -80,6 +80,13 @@ async fn round_trip_in_both_modes() {
     let linked = fs::metadata(dir.path().join("linked/usr/bin/data")).unwrap();
     assert_eq!(linked.permissions().mode() & 0o777, 0o444);
     assert!(std::os::unix::fs::MetadataExt::nlink(&linked) >= 2);
+    let tool = fs::metadata(dir.path().join("linked/usr/bin/tool")).unwrap();
+    assert_eq!(
+        tool.permissions().mode() & 0o777,
+        0o555,
+        "executables link the executable variant"
+    );
+    assert!(std::os::unix::fs::MetadataExt::nlink(&tool) >= 2);
     let copied = fs::metadata(dir.path().join("copied/usr/bin/data")).unwrap();
     assert_eq!(std::os::unix::fs::MetadataExt::nlink(&copied), 1);
 }

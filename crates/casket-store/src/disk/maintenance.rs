@@ -1,14 +1,15 @@
 //! Whole-store scans for accounting, expiry and integrity checks.
 
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use casket_model::{Digest, DigestFunction, DigestHasher};
 
-use super::DiskStore;
+use super::{DiskStore, VARIANT_SUFFIX};
 use crate::blob_store::{CHUNK_SIZE, Usage};
 use crate::error::{IoContext, Result};
 
@@ -47,6 +48,7 @@ impl DiskStore {
     /// Lists every object, with exact sizes from the file system.
     pub fn scan_objects(&self) -> Result<ObjectScan> {
         let mut scan = ObjectScan::default();
+        let mut variants = Vec::new();
         for function in DigestFunction::ALL {
             let dir = self.root.join("cas").join(function.name());
             for byte in 0..=255u8 {
@@ -65,10 +67,14 @@ impl DiskStore {
                         Err(e) => return Err(e).io_context("stat", entry.path()),
                     };
                     let name = entry.file_name();
-                    let digest = name.to_str().filter(|_| meta.is_file()).and_then(|rest| {
-                        Digest::parse(function, &format!("{prefix}{rest}/{}", meta.len())).ok()
-                    });
+                    let name = name.to_str().filter(|_| meta.is_file()).unwrap_or_default();
+                    let (rest, variant) = match name.strip_suffix(VARIANT_SUFFIX) {
+                        Some(stem) => (stem, true),
+                        None => (name, false),
+                    };
+                    let digest = Digest::parse(function, &format!("{prefix}{rest}/{}", meta.len())).ok();
                     match digest {
+                        Some(digest) if variant => variants.push((digest, meta.blocks() * 512, entry.path())),
                         Some(digest) => scan.objects.push(ObjectInfo {
                             digest,
                             stored_bytes: meta.blocks() * 512,
@@ -79,29 +85,31 @@ impl DiskStore {
                 }
             }
         }
+        // A variant is part of its object: its blocks count towards the object's, and one
+        // without an object (left by a crash between two removals) is a stray.
+        let index: HashMap<Digest, usize> = scan
+            .objects
+            .iter()
+            .enumerate()
+            .map(|(i, o)| (o.digest, i))
+            .collect();
+        for (digest, blocks, path) in variants {
+            match index.get(&digest) {
+                Some(&i) => scan.objects[i].stored_bytes += blocks,
+                None => scan.strays.push(path),
+            }
+        }
         Ok(scan)
     }
 
-    /// Re-hashes the object for `digest`: `Ok(None)` if intact (or gone), `Ok(Some(actual))`
-    /// with what its content hashes to if corrupt.
+    /// Re-hashes the object for `digest` and its executable variant: `Ok(None)` if intact (or
+    /// gone), `Ok(Some(actual))` with what the corrupt copy hashes to otherwise.
     pub fn verify_object(&self, digest: &Digest) -> Result<Option<Digest>> {
-        let path = self.object_path(digest);
-        let mut file = match File::open(&path) {
-            Ok(file) => file,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e).io_context("open", path),
-        };
-        let mut hasher = DigestHasher::new(digest.function());
-        let mut buf = vec![0u8; CHUNK_SIZE.min(digest.size() as usize + 1)];
-        loop {
-            let n = file.read(&mut buf).io_context("read", &path)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
+        let object = verify_file(&self.object_path(digest), digest)?;
+        if object.is_some() {
+            return Ok(object);
         }
-        let actual = hasher.finish();
-        Ok((actual != *digest).then_some(actual))
+        verify_file(&self.variant_path(digest), digest)
     }
 
     /// Temp files not modified for `min_age`: left behind by writers that crashed.
@@ -119,6 +127,27 @@ impl DiskStore {
         }
         Ok(stale)
     }
+}
+
+/// Re-hashes one file: `Ok(Some(actual))` if it does not match `digest`, `Ok(None)` if it does
+/// or is absent.
+fn verify_file(path: &Path, digest: &Digest) -> Result<Option<Digest>> {
+    let mut file = match File::open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).io_context("open", path),
+    };
+    let mut hasher = DigestHasher::new(digest.function());
+    let mut buf = vec![0u8; CHUNK_SIZE.min(digest.size() as usize + 1)];
+    loop {
+        let n = file.read(&mut buf).io_context("read", &path)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    let actual = hasher.finish();
+    Ok((actual != *digest).then_some(actual))
 }
 
 #[cfg(test)]
@@ -153,5 +182,18 @@ mod tests {
 
         fs::write(path.with_file_name("not-a-hash"), b"x").expect("stray");
         assert_eq!(store.scan_objects().expect("scan").strays.len(), 1);
+
+        let variant = store.local_file(&a, true).expect("variant").expect("present");
+        fs::set_permissions(&variant, fs::Permissions::from_mode(0o755)).expect("chmod");
+        fs::write(&variant, b"bbbb").expect("corrupt variant");
+        assert!(
+            store.verify_object(&a).expect("verify").is_some(),
+            "a corrupt variant is corruption"
+        );
+        fs::remove_file(store.object_path(&a)).expect("remove object");
+        assert!(
+            store.scan_objects().expect("scan").strays.contains(&variant),
+            "orphan variant"
+        );
     }
 }

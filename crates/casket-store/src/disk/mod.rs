@@ -5,6 +5,7 @@
 //! ```text
 //! ROOT/casket-store              marker: "casket disk store 1"
 //! ROOT/cas/sha256/ab/cdef...     one file per blob, named by hash (2 + 62 hex), mode 0444
+//! ROOT/cas/sha256/ab/cdef....x   its executable variant (mode 0555), made on first need
 //! ROOT/cas/blake3/ab/cdef...
 //! ROOT/tmp/                      where objects are written (O_TMPFILE) before being linked
 //! ROOT/refs/project/element/key  ref files holding a digest
@@ -39,6 +40,9 @@ use crate::error::{IoContext, Result, StoreError, blocking};
 
 const MARKER_FILE: &str = "casket-store";
 const MARKER: &str = "casket disk store 1\n";
+
+/// Appended to an object's name for its executable variant.
+const VARIANT_SUFFIX: &str = ".x";
 
 /// An object used within this long is not touched again; keeps LRU bookkeeping off the hot path.
 const TOUCH_GRANULARITY: Duration = Duration::from_secs(60);
@@ -125,6 +129,39 @@ impl DiskStore {
         path.push(&hex[..2]);
         path.push(&hex[2..]);
         path
+    }
+
+    /// The path of the object's executable variant (which may not exist): a second inode with
+    /// the same content and mode 0555, so executables can be hard-linked too.
+    pub fn variant_path(&self, digest: &Digest) -> PathBuf {
+        let mut path = self.object_path(digest).into_os_string();
+        path.push(VARIANT_SUFFIX);
+        PathBuf::from(path)
+    }
+
+    /// The executable variant of an object, created from the object on first use.
+    fn executable_variant(&self, digest: &Digest) -> Result<Option<PathBuf>> {
+        let variant = self.variant_path(digest);
+        match fs::metadata(&variant) {
+            Ok(meta) if meta.len() == digest.size() => return Ok(Some(variant)),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).io_context("stat", variant),
+        }
+        let object = self.object_path(digest);
+        let mut source = match File::open(&object) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).io_context("open", object),
+        };
+        let mut temp = self.create_temp(false)?;
+        io::copy(&mut source, &mut temp.file).io_context("copy", &object)?;
+        // Our own new inode, not a shared object: setting its mode is safe.
+        rustix::fs::fchmod(&temp.file, rustix::fs::Mode::from_raw_mode(0o555))
+            .map_err(io::Error::from)
+            .io_context("chmod", &variant)?;
+        self.install_at(temp, &variant)?;
+        Ok(Some(variant))
     }
 
     /// The object's metadata if it is stored with the digest's size. Touches it when `touch`.
@@ -243,6 +280,12 @@ impl BlobStore for DiskStore {
     }
 
     async fn delete(&self, digest: &Digest) -> Result<bool> {
+        let variant = self.variant_path(digest);
+        match tokio::fs::remove_file(&variant).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).io_context("remove", variant),
+        }
         let path = self.object_path(digest);
         match tokio::fs::remove_file(&path).await {
             Ok(()) => Ok(true),
@@ -277,8 +320,11 @@ impl BlobStore for DiskStore {
         blocking(move || store.ingest_file_sync(&path, function)).await
     }
 
-    fn local_path(&self, digest: &Digest) -> Option<PathBuf> {
-        Some(self.object_path(digest))
+    fn local_file(&self, digest: &Digest, executable: bool) -> Result<Option<PathBuf>> {
+        if executable {
+            return self.executable_variant(digest);
+        }
+        Ok(self.stat_object(digest, false)?.map(|_| self.object_path(digest)))
     }
 }
 
@@ -317,6 +363,48 @@ mod tests {
             0,
             "no temp file left"
         );
+    }
+
+    #[tokio::test]
+    async fn executable_variants_are_separate_inodes_removed_with_their_object() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let (_dir, store) = store();
+        let digest = store
+            .put_bytes(DigestFunction::Sha256, Bytes::from(vec![9u8; 10_000]))
+            .await
+            .expect("put");
+        let plain = store.local_file(&digest, false).expect("plain").expect("present");
+        let exec = store
+            .local_file(&digest, true)
+            .expect("variant")
+            .expect("present");
+        assert_eq!(exec, store.variant_path(&digest));
+        let (plain_meta, exec_meta) = (
+            fs::metadata(&plain).expect("stat"),
+            fs::metadata(&exec).expect("stat"),
+        );
+        assert_eq!(
+            plain_meta.permissions().mode() & 0o777,
+            0o444,
+            "the object is never chmodded"
+        );
+        assert_eq!(exec_meta.permissions().mode() & 0o777, 0o555);
+        assert_ne!(plain_meta.ino(), exec_meta.ino());
+        assert_eq!(fs::read(&exec).expect("read"), vec![9u8; 10_000]);
+        assert_eq!(
+            store.local_file(&digest, true).expect("again"),
+            Some(exec.clone()),
+            "made once"
+        );
+
+        let scan = store.scan_objects().expect("scan");
+        assert_eq!(scan.objects.len(), 1, "a variant is not an object of its own");
+        assert!(scan.usage().stored_bytes >= plain_meta.blocks() * 512 + exec_meta.blocks() * 512);
+
+        assert!(store.delete(&digest).await.expect("delete"));
+        assert!(!exec.exists() && !plain.exists());
+        let absent = Digest::of(DigestFunction::Sha256, b"absent");
+        assert_eq!(store.local_file(&absent, true).expect("absent"), None);
     }
 
     #[tokio::test]

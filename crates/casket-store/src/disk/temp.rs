@@ -64,16 +64,20 @@ impl DiskStore {
     /// Gives a complete, verified temp object its final name. An object already there has the
     /// same content, so finding one is success.
     pub(super) fn install(&self, temp: TempObject, digest: &Digest) -> Result<()> {
+        self.install_at(temp, &self.object_path(digest))
+    }
+
+    /// Gives a complete temp object the name `target` (an object or one of its variants).
+    pub(super) fn install_at(&self, temp: TempObject, target: &Path) -> Result<()> {
         if self.options.fsync {
             temp.file.sync_data().io_context("fsync", self.tmp_dir())?;
         }
-        let target = self.object_path(digest);
         match temp.named {
-            None => link_anonymous(&temp.file, &target).io_context("link into", &target)?,
+            None => link_anonymous(&temp.file, target).io_context("link into", target)?,
             Some(path) => path
-                .persist(&target)
+                .persist(target)
                 .map_err(|e| e.error)
-                .io_context("rename into", &target)?,
+                .io_context("rename into", target)?,
         }
         if self.options.fsync
             && let Some(dir) = target.parent()
