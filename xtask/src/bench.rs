@@ -143,7 +143,7 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
             &capture_small,
             "BuildStream 1.6.8 import",
             &bst_import,
-            "15x faster",
+            ">= 15x",
         ),
         Row::new(
             &format!("capture 1 x {} MiB", options.large_mib),

@@ -132,7 +132,7 @@ impl DiskStore {
 /// Re-hashes one file: `Ok(Some(actual))` if it does not match `digest`, `Ok(None)` if it does
 /// or is absent.
 fn verify_file(path: &Path, digest: &Digest) -> Result<Option<Digest>> {
-    let mut file = match File::open(&path) {
+    let mut file = match File::open(path) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e).io_context("open", path),
@@ -140,7 +140,7 @@ fn verify_file(path: &Path, digest: &Digest) -> Result<Option<Digest>> {
     let mut hasher = DigestHasher::new(digest.function());
     let mut buf = vec![0u8; CHUNK_SIZE.min(digest.size() as usize + 1)];
     loop {
-        let n = file.read(&mut buf).io_context("read", &path)?;
+        let n = file.read(&mut buf).io_context("read", path)?;
         if n == 0 {
             break;
         }
