@@ -5,6 +5,10 @@
 //! * capture of one large file vs `openssl dgst -sha256` of it;
 //! * hardlink checkout of the 10,000-file tree vs `cp -r`.
 //!
+//! Run it on a quiet file system: for a few minutes after a mass deletion, ext4 allocates new
+//! inodes slowly (`recently_deleted`), which slows every writer. The run leaves its outputs in
+//! place for that reason.
+//!
 //! Every measurement is repeated; the table reports the minimum and the median wall time and
 //! the ratios of the medians. BuildStream's time is its own in-process `import` phase, so its
 //! interpreter start-up is not counted against it; casket's is the whole process.
@@ -163,7 +167,9 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     let table = render(&rows, &options);
     println!("{table}");
     write_section(Path::new("docs/benchmarks.md"), &table)?;
-    fs::remove_dir_all(&runs).ok();
+    // Removing tens of thousands of files makes ext4 allocate new inodes slowly for minutes
+    // after (it avoids recently deleted ones), which would distort the next measurement.
+    println!("left {} in place; remove it when no benchmark is about to run", runs.display());
     Ok(())
 }
 
