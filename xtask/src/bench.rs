@@ -169,7 +169,10 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     write_section(Path::new("docs/benchmarks.md"), &table)?;
     // Removing tens of thousands of files makes ext4 allocate new inodes slowly for minutes
     // after (it avoids recently deleted ones), which would distort the next measurement.
-    println!("left {} in place; remove it when no benchmark is about to run", runs.display());
+    println!(
+        "left {} in place; remove it when no benchmark is about to run",
+        runs.display()
+    );
     Ok(())
 }
 

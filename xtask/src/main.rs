@@ -1,6 +1,7 @@
 //! `cargo xtask`: project automation that would otherwise live in shell scripts.
 //!
 //! * `cargo xtask test`: everything CI checks, in order, stopping at the first failure.
+//! * `cargo xtask fuzz [--seconds N]`: every fuzz target for N seconds (needs cargo-fuzz).
 //! * `cargo xtask bench-peers`: casket against its peers, side by side in one run.
 #![allow(clippy::print_stdout)]
 
@@ -14,8 +15,14 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("test") => test(),
+        Some("fuzz") => match args.get(1..) {
+            Some([flag, seconds]) if flag == "--seconds" => fuzz(seconds.parse()?),
+            _ => fuzz(60),
+        },
         Some("bench-peers") => bench::run(&args[1..]),
-        _ => bail!("usage: cargo xtask test | bench-peers [--reps N] [--work DIR] [--large-mib N]"),
+        _ => bail!(
+            "usage: cargo xtask test | fuzz [--seconds N] | bench-peers [--reps N] [--work DIR] [--large-mib N]"
+        ),
     }
 }
 
