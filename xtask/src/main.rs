@@ -26,7 +26,10 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// The CI sequence: formatting, lints, docs, every test.
+/// The fuzz targets in `fuzz/`.
+const FUZZ_TARGETS: [&str; 3] = ["parse_digest", "decode_directory", "parse_ref_name"];
+
+/// The CI sequence: formatting, lints, docs, every test, a short run of every fuzz target.
 fn test() -> anyhow::Result<()> {
     cargo(&["fmt", "--all", "--", "--check"], &[])?;
     cargo(
@@ -38,6 +41,29 @@ fn test() -> anyhow::Result<()> {
         &[("RUSTDOCFLAGS", "-D warnings")],
     )?;
     cargo(&["test", "--workspace"], &[])?;
+    let has_fuzz = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if has_fuzz {
+        fuzz(20)?;
+    } else {
+        println!(
+            "==> SKIPPED fuzz smoke: cargo-fuzz is not installed (cargo install cargo-fuzz; .ci/run does)"
+        );
+    }
+    Ok(())
+}
+
+/// Runs every fuzz target for `seconds`; a crash fails with the reproducer's path.
+fn fuzz(seconds: u64) -> anyhow::Result<()> {
+    let limit = format!("-max_total_time={seconds}");
+    for target in FUZZ_TARGETS {
+        cargo(
+            &["fuzz", "run", target, "--", &limit],
+            &[("RUSTC_BOOTSTRAP", "1")],
+        )?;
+    }
     Ok(())
 }
 
