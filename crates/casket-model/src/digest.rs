@@ -54,7 +54,15 @@ impl DigestFunction {
 
     /// The digest of the empty blob, which every store holds implicitly.
     pub fn empty_digest(self) -> Digest {
-        Digest::of(self, b"")
+        let hash = match self {
+            DigestFunction::Sha256 => EMPTY_SHA256,
+            DigestFunction::Blake3 => EMPTY_BLAKE3,
+        };
+        Digest {
+            function: self,
+            hash,
+            size: 0,
+        }
     }
 }
 
@@ -63,6 +71,18 @@ impl fmt::Display for DigestFunction {
         f.write_str(self.name())
     }
 }
+
+/// SHA-256 of nothing (checked against the hasher in the tests).
+const EMPTY_SHA256: [u8; 32] = [
+    0xe3, 0xb0, 0xc4, 0x42, 0x98, 0xfc, 0x1c, 0x14, 0x9a, 0xfb, 0xf4, 0xc8, 0x99, 0x6f, 0xb9, 0x24, 0x27,
+    0xae, 0x41, 0xe4, 0x64, 0x9b, 0x93, 0x4c, 0xa4, 0x95, 0x99, 0x1b, 0x78, 0x52, 0xb8, 0x55,
+];
+
+/// BLAKE3 of nothing.
+const EMPTY_BLAKE3: [u8; 32] = [
+    0xaf, 0x13, 0x49, 0xb9, 0xf5, 0xf9, 0xa1, 0xa6, 0xa0, 0x40, 0x4d, 0xea, 0x36, 0xdc, 0xc9, 0x49, 0x9b,
+    0xcb, 0x25, 0xc9, 0xad, 0xc1, 0x12, 0xb7, 0xcc, 0x9a, 0x93, 0xca, 0xe4, 0x1f, 0x32, 0x62,
+];
 
 /// Why a digest could not be parsed or converted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -224,6 +244,9 @@ mod tests {
         let empty = DigestFunction::Sha256.empty_digest();
         assert_eq!(empty.to_string(), format!("{EMPTY_SHA256}/0"));
         assert!(empty.is_empty_blob());
+        for function in DigestFunction::ALL {
+            assert_eq!(function.empty_digest(), Digest::of(function, b""));
+        }
         let zero_size_other_hash = Digest::parse(DigestFunction::Sha256, &format!("{}/0", "0".repeat(64)));
         assert!(!zero_size_other_hash.expect("valid").is_empty_blob());
     }

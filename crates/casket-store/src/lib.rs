@@ -24,4 +24,4 @@ pub use disk::{DiskOptions, DiskStore, ObjectInfo, ObjectScan};
 pub use error::{Result, StoreError};
 pub use memory::MemoryStore;
 pub use object_blobs::ObjectStoreBlobs;
-pub use refs::{DiskRefs, RefEntry};
+pub use refs::{CorruptRef, DiskRefs, RefEntry, RefScan};

@@ -26,11 +26,30 @@ pub struct RefEntry {
     pub touched: SystemTime,
 }
 
+/// A ref file that could not be read as a ref.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CorruptRef {
+    /// The file.
+    pub path: PathBuf,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+/// Every ref, and the ref files that are not valid refs.
+#[derive(Clone, Debug, Default)]
+pub struct RefScan {
+    /// Valid refs, sorted by name.
+    pub refs: Vec<RefEntry>,
+    /// Files under `refs/` that are not valid refs (bad name, bad content).
+    pub corrupt: Vec<CorruptRef>,
+}
+
 /// The refs of a [`DiskStore`]. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct DiskRefs {
     dir: PathBuf,
     tmp: PathBuf,
+    fsync: bool,
 }
 
 impl DiskRefs {
@@ -39,6 +58,7 @@ impl DiskRefs {
         DiskRefs {
             dir: store.refs_dir(),
             tmp: store.tmp_dir(),
+            fsync: store.options().fsync,
         }
     }
 
@@ -70,11 +90,20 @@ impl DiskRefs {
             .tempfile_in(&self.tmp)
             .io_context("create temp file in", &self.tmp)?;
         writeln!(temp, "{digest}").io_context("write", temp.path())?;
-        match temp.persist(&path) {
-            Ok(_) => Ok(()),
-            Err(_) if path.is_dir() => Err(conflict()),
-            Err(e) => Err(e.error).io_context("rename into", path),
+        if self.fsync {
+            temp.as_file().sync_data().io_context("fsync", temp.path())?;
         }
+        match temp.persist(&path) {
+            Ok(_) => {}
+            Err(_) if path.is_dir() => return Err(conflict()),
+            Err(e) => return Err(e.error).io_context("rename into", path),
+        }
+        if self.fsync {
+            fs::File::open(parent)
+                .and_then(|d| d.sync_all())
+                .io_context("fsync", parent)?;
+        }
+        Ok(())
     }
 
     /// The digest `name` points at, or `None`. Reading a ref counts as using it.
@@ -120,19 +149,24 @@ impl DiskRefs {
         .await
     }
 
-    /// Every ref, sorted by name.
+    /// Every valid ref, sorted by name; invalid ref files are skipped (see [`DiskRefs::scan`]).
     pub async fn list(&self) -> Result<Vec<RefEntry>> {
+        Ok(self.scan().await?.refs)
+    }
+
+    /// Every ref, and every file under `refs/` that is not a valid ref.
+    pub async fn scan(&self) -> Result<RefScan> {
         let refs = self.clone();
         blocking(move || {
-            let mut entries = Vec::new();
-            refs.walk(&refs.dir, &mut entries)?;
-            entries.sort_by(|a, b| a.name.cmp(&b.name));
-            Ok(entries)
+            let mut scan = RefScan::default();
+            refs.walk(&refs.dir, &mut scan)?;
+            scan.refs.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(scan)
         })
         .await
     }
 
-    fn walk(&self, dir: &Path, out: &mut Vec<RefEntry>) -> Result<()> {
+    fn walk(&self, dir: &Path, out: &mut RefScan) -> Result<()> {
         for entry in fs::read_dir(dir).io_context("list", dir)? {
             let entry = entry.io_context("list", dir)?;
             let path = entry.path();
@@ -142,23 +176,26 @@ impl DiskRefs {
                 continue;
             }
             let relative = path.strip_prefix(&self.dir).unwrap_or(&path);
-            let name = relative
-                .to_str()
-                .and_then(|n| RefName::new(n).ok())
-                .ok_or_else(|| StoreError::CorruptRef {
-                    name: relative.display().to_string(),
+            let Some(name) = relative.to_str().and_then(|n| RefName::new(n).ok()) else {
+                out.corrupt.push(CorruptRef {
+                    path,
                     reason: "not a valid ref name".into(),
-                })?;
+                });
+                continue;
+            };
             let touched = entry
                 .metadata()
                 .and_then(|m| m.modified())
                 .io_context("stat", &path)?;
-            if let Some(digest) = read_ref(&name, &path)? {
-                out.push(RefEntry {
+            match read_ref(&name, &path) {
+                Ok(Some(digest)) => out.refs.push(RefEntry {
                     name,
                     digest,
                     touched,
-                });
+                }),
+                Ok(None) => {}
+                Err(StoreError::CorruptRef { reason, .. }) => out.corrupt.push(CorruptRef { path, reason }),
+                Err(e) => return Err(e),
             }
         }
         Ok(())
@@ -228,5 +265,11 @@ mod tests {
             "empty parents are removed"
         );
         assert_eq!(refs.list().await.expect("list").len(), 1);
+
+        fs::write(store.refs_dir().join("p/broken"), "").expect("a ref emptied by a power loss");
+        let scan = refs.scan().await.expect("scan despite a corrupt ref");
+        assert_eq!(scan.refs.len(), 1);
+        assert_eq!(scan.corrupt.len(), 1);
+        assert!(scan.corrupt[0].path.ends_with("p/broken"));
     }
 }

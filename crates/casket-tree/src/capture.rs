@@ -213,19 +213,15 @@ fn read_file(path: &Path, options: &CaptureOptions) -> Result<ReadFile> {
         });
     }
     let content = if meta.len() <= SMALL_FILE {
-        // One read of len + 1 bytes: a short read is the end of file; a full one means the
-        // file grew since fstat, and the rest is read too.
-        let mut data = vec![0u8; meta.len() as usize + 1];
-        let mut filled = 0;
-        loop {
-            let n = file.read(&mut data[filled..]).map_err(io_error("read", path))?;
-            filled += n;
-            if n == 0 || filled < data.len() {
-                break;
-            }
-            data.resize(data.len() * 2, 0);
-        }
-        data.truncate(filled);
+        // Read until end of file: a short read is not the end on every file system (FUSE,
+        // network file systems), and the file may have grown since fstat.
+        // Through `take`, std's generic read_to_end fills the buffer we sized instead of
+        // calling fstat and lseek again to size one.
+        let mut data = Vec::with_capacity(meta.len() as usize + 1);
+        (&mut file)
+            .take(u64::MAX)
+            .read_to_end(&mut data)
+            .map_err(io_error("read", path))?;
         Some(Bytes::from(data))
     } else {
         None

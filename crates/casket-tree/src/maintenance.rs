@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use casket_model::{Digest, Directory, Node, RefName};
-use casket_store::{BlobStore, BlobStoreExt, DiskRefs, DiskStore, RefEntry, Usage};
+use casket_store::{BlobStore, BlobStoreExt, CorruptRef, DiskRefs, DiskStore, RefEntry, Usage};
 use futures::{StreamExt, TryStreamExt};
 
 use crate::Progress;
@@ -69,13 +69,18 @@ pub async fn gc(
         return Ok(report);
     }
 
-    let now = SystemTime::now();
-    let recent = |t: SystemTime| now.duration_since(t).map_or(true, |age| age < options.grace);
+    let recent = |t: SystemTime| {
+        SystemTime::now()
+            .duration_since(t)
+            .map_or(true, |age| age < options.grace)
+    };
+    // Looking at trees must not make them recent.
+    let view = store.untouched();
     let all_refs = refs.list().await.map_err(store_error("refs"))?;
     let mut reachable_by_ref = Vec::with_capacity(all_refs.len());
     let mut protected = HashSet::new();
     for entry in all_refs {
-        let reachable = reachable_digests(store, &entry.digest).await?;
+        let reachable = reachable_digests(&view, &entry.digest).await?;
         if recent(entry.touched) {
             protected.extend(reachable.iter().copied());
         }
@@ -207,6 +212,8 @@ pub struct FsckReport {
     pub temp_files: Vec<PathBuf>,
     /// Refs whose trees are incomplete.
     pub incomplete_refs: Vec<IncompleteRef>,
+    /// Ref files that are not valid refs.
+    pub corrupt_refs: Vec<CorruptRef>,
     /// Whether the problems above were removed.
     pub repaired: bool,
 }
@@ -214,13 +221,16 @@ pub struct FsckReport {
 impl FsckReport {
     /// True when nothing is corrupt or incomplete (temp files are not a fault).
     pub fn is_clean(&self) -> bool {
-        self.corrupt.is_empty() && self.strays.is_empty() && self.incomplete_refs.is_empty()
+        self.corrupt.is_empty()
+            && self.strays.is_empty()
+            && self.incomplete_refs.is_empty()
+            && self.corrupt_refs.is_empty()
     }
 }
 
-/// Re-hashes every object, then checks that every ref's tree is complete. With `repair`,
-/// corrupt objects, strays and temp files are removed before the refs are checked, so the
-/// refs they broke are reported.
+/// Re-hashes every object, then checks that every ref is readable and its tree complete. With
+/// `repair`, corrupt objects, strays, temp files and unreadable ref files are removed before the
+/// trees are checked, so the refs they broke are reported. Nothing it reads counts as use.
 pub async fn fsck(
     store: &DiskStore,
     refs: &DiskRefs,
@@ -282,8 +292,18 @@ pub async fn fsck(
         }
     }
 
-    for RefEntry { name, digest, .. } in refs.list().await.map_err(store_error("refs"))? {
-        if let Some(problem) = tree_problem(store, &digest).await? {
+    let ref_scan = refs.scan().await.map_err(store_error("refs"))?;
+    if options.repair {
+        for corrupt in &ref_scan.corrupt {
+            tokio::fs::remove_file(&corrupt.path)
+                .await
+                .map_err(io_error("remove", &corrupt.path))?;
+        }
+    }
+    report.corrupt_refs = ref_scan.corrupt;
+    let view = store.untouched();
+    for RefEntry { name, digest, .. } in ref_scan.refs {
+        if let Some(problem) = tree_problem(&view, &digest).await? {
             report.incomplete_refs.push(IncompleteRef {
                 name,
                 root: digest,

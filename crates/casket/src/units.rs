@@ -46,7 +46,10 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
         "d" => 86400,
         _ => return Err(format!("{text:?}: unknown duration unit (use s, m, h or d)")),
     };
-    Ok(std::time::Duration::from_secs(number * seconds))
+    let seconds = number
+        .checked_mul(seconds)
+        .ok_or_else(|| format!("{text:?} is too long"))?;
+    Ok(std::time::Duration::from_secs(seconds))
 }
 
 /// Formats bytes with a binary unit, e.g. `1.5 GiB`.
@@ -75,5 +78,6 @@ mod tests {
         assert_eq!(parse_duration("0s"), Ok(std::time::Duration::ZERO));
         assert!(parse_duration("1").is_err());
         assert!(parse_duration("1w").is_err());
+        assert!(parse_duration("300000000000000000d").is_err());
     }
 }

@@ -98,6 +98,48 @@ fn capture_ls_checkout_and_refs() {
 }
 
 #[test]
+fn concurrent_processes_capture_into_one_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let src = dir.path().join("src");
+    support::gen_tree(
+        &src,
+        &[
+            "--files",
+            "3000",
+            "--size",
+            "3000",
+            "--dirs",
+            "30",
+            "--large",
+            "2:5000000",
+        ],
+    );
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            casket(&store)
+                .arg("capture")
+                .arg(&src)
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let roots: Vec<String> = children
+        .into_iter()
+        .map(|c| {
+            let out = c.wait_with_output().unwrap();
+            assert!(out.status.success());
+            String::from_utf8(out.stdout).unwrap()
+        })
+        .collect();
+    assert!(roots.windows(2).all(|w| w[0] == w[1]), "{roots:?}");
+    let report = json(casket(&store).args(["fsck", "--json"]));
+    assert_eq!(report["clean"], true, "{report}");
+    assert_eq!(report["blobs"], 3000 + 2 + 31, "every blob stored exactly once");
+}
+
+#[test]
 fn put_and_cat_round_trip_and_bad_input_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");

@@ -72,21 +72,19 @@ impl DiskStore {
         let (write_tx, write_rx) = mpsc::sync_channel::<Chunk>(PIPELINE_BUFFERS);
 
         let (read, hashed, written) = std::thread::scope(|scope| {
-            let hash_free = free_tx.clone();
             let hasher = scope.spawn(move || {
                 let mut hasher = DigestHasher::new(function);
                 for chunk in hash_rx {
                     hasher.update(chunk.bytes());
-                    chunk.release(&hash_free);
                 }
                 hasher.finish()
             });
             let file = &mut temp.file;
-            let write_free = free_tx.clone();
+            // On an error the remaining chunks are dropped, which returns their buffers, so the
+            // reader never waits for a buffer that will not come back.
             let writer = scope.spawn(move || -> io::Result<()> {
                 for chunk in write_rx {
                     write_direct(file, chunk.bytes())?;
-                    chunk.release(&write_free);
                 }
                 Ok(())
             });
@@ -98,8 +96,9 @@ impl DiskStore {
                         return Ok(());
                     }
                     let chunk = Chunk {
-                        buf: Arc::new(buf),
+                        buf: Some(Arc::new(buf)),
                         len,
+                        free: free_tx.clone(),
                     };
                     let both = hash_tx.send(chunk.clone()).and_then(|()| write_tx.send(chunk));
                     if both.is_err() || len < PIPELINE_CHUNK {
@@ -110,10 +109,11 @@ impl DiskStore {
             drop((hash_tx, write_tx));
             (read, hasher.join(), writer.join())
         });
-        read?;
+        // A failed write stops the reader too; report the write's own error first.
         written
             .map_err(|_| StoreError::Task("writing thread panicked".into()))?
             .io_context("write", tmp_dir)?;
+        read?;
         let digest = hashed.map_err(|_| StoreError::Task("hashing thread panicked".into()))?;
         self.install(temp, &digest)?;
         Ok(digest)
@@ -147,23 +147,26 @@ impl AlignedBuf {
     }
 }
 
-/// A filled buffer shared by the hashing and writing threads.
+/// A filled buffer shared by the hashing and writing threads. Whichever drops the last
+/// reference returns the buffer to the pool.
 #[derive(Clone)]
 struct Chunk {
-    buf: Arc<AlignedBuf>,
+    buf: Option<Arc<AlignedBuf>>,
     len: usize,
+    free: mpsc::SyncSender<AlignedBuf>,
 }
 
 impl Chunk {
     fn bytes(&self) -> &[u8] {
-        &self.buf.as_slice()[..self.len]
+        &self.buf.as_ref().expect("present until dropped").as_slice()[..self.len]
     }
+}
 
-    /// Drops this reference; the last of the two returns the buffer to the pool.
-    fn release(self, free: &mpsc::SyncSender<AlignedBuf>) {
-        if let Some(buf) = Arc::into_inner(self.buf) {
-            // The reader may have finished and dropped the pool; the buffer is then just freed.
-            let _ = free.send(buf);
+impl Drop for Chunk {
+    fn drop(&mut self) {
+        if let Some(buf) = self.buf.take().and_then(Arc::into_inner) {
+            // The pool has room for every buffer; if the reader is gone, the buffer is freed.
+            let _ = self.free.send(buf);
         }
     }
 }

@@ -60,6 +60,8 @@ pub struct DiskOptions {
 pub struct DiskStore {
     root: PathBuf,
     options: DiskOptions,
+    /// Whether reads and existence checks count as use (the LRU clock).
+    touch: bool,
 }
 
 impl DiskStore {
@@ -68,7 +70,11 @@ impl DiskStore {
         let root = root.into();
         // Absolute, so that no operation has to look up the working directory again.
         let root = std::path::absolute(&root).io_context("resolve", root)?;
-        let store = DiskStore { root, options };
+        let store = DiskStore {
+            root,
+            options,
+            touch: true,
+        };
         let marker = store.root.join(MARKER_FILE);
         match fs::read_to_string(&marker) {
             Ok(text) if text == MARKER => {}
@@ -104,6 +110,30 @@ impl DiskStore {
             .map_err(|e| e.error)
             .io_context("rename", target)?;
         Ok(())
+    }
+
+    /// The same store, but reads and existence checks through it do not count as use. For
+    /// maintenance (gc, fsck), which must not make everything it looks at recent.
+    pub fn untouched(&self) -> DiskStore {
+        DiskStore {
+            touch: false,
+            ..self.clone()
+        }
+    }
+
+    /// When the object was last used, or `None` if it is absent.
+    pub fn last_used(&self, digest: &Digest) -> Result<Option<SystemTime>> {
+        let path = self.object_path(digest);
+        match fs::metadata(&path) {
+            Ok(meta) => Ok(Some(meta.modified().io_context("stat", path)?)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).io_context("stat", path),
+        }
+    }
+
+    /// How the store writes.
+    pub fn options(&self) -> DiskOptions {
+        self.options
     }
 
     /// The store's root directory.
@@ -160,7 +190,7 @@ impl DiskStore {
         rustix::fs::fchmod(&temp.file, rustix::fs::Mode::from_raw_mode(0o555))
             .map_err(io::Error::from)
             .io_context("chmod", &variant)?;
-        self.install_at(temp, &variant)?;
+        self.install_at(temp, &variant, digest.size())?;
         Ok(Some(variant))
     }
 
@@ -170,13 +200,45 @@ impl DiskStore {
         match fs::metadata(&path) {
             Ok(meta) if meta.len() == digest.size() => {
                 if touch {
-                    touch_if_stale(&path, &meta)?;
+                    self.touch_if_stale(&path, &meta)?;
                 }
                 Ok(Some(meta))
             }
             Ok(_) => Ok(None),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).io_context("stat", path),
+        }
+    }
+
+    /// Sets the object's mtime (the LRU clock) to now unless it was set recently. Touching is
+    /// bookkeeping: a store shared with other users may refuse it (`EPERM`), which is ignored.
+    pub(super) fn touch_if_stale(&self, path: &Path, meta: &fs::Metadata) -> Result<()> {
+        let now = SystemTime::now();
+        let stale = meta
+            .modified()
+            .ok()
+            .and_then(|m| now.duration_since(m).ok())
+            .is_none_or(|age| age > TOUCH_GRANULARITY);
+        if !self.touch || !stale {
+            return Ok(());
+        }
+        let times = rustix::fs::Timestamps {
+            last_access: rustix::fs::Timespec {
+                tv_sec: 0,
+                tv_nsec: rustix::fs::UTIME_OMIT,
+            },
+            last_modification: rustix::fs::Timespec {
+                tv_sec: 0,
+                tv_nsec: rustix::fs::UTIME_NOW,
+            },
+        };
+        match rustix::fs::utimensat(rustix::fs::CWD, path, &times, rustix::fs::AtFlags::empty()) {
+            // Removed meanwhile (eviction): the caller saw it present, which is no worse than
+            // its being evicted just after the check.
+            Ok(()) | Err(rustix::io::Errno::NOENT | rustix::io::Errno::PERM | rustix::io::Errno::ACCESS) => {
+                Ok(())
+            }
+            Err(e) => Err(io::Error::from(e)).io_context("touch", path),
         }
     }
 
@@ -208,40 +270,11 @@ impl DiskStore {
             digest: *digest,
             offset: range.offset,
         })?;
-        touch_if_stale(&path, &meta)?;
+        self.touch_if_stale(&path, &meta)?;
         file.seek(SeekFrom::Start(range.offset))
             .io_context("seek", &path)?;
         Ok(Some((file, len)))
     }
-}
-
-/// Sets the object's mtime (the LRU clock) to now unless it was set recently.
-fn touch_if_stale(path: &Path, meta: &fs::Metadata) -> Result<()> {
-    let now = SystemTime::now();
-    let stale = meta
-        .modified()
-        .ok()
-        .and_then(|m| now.duration_since(m).ok())
-        .is_none_or(|age| age > TOUCH_GRANULARITY);
-    if stale {
-        let times = rustix::fs::Timestamps {
-            last_access: rustix::fs::Timespec {
-                tv_sec: 0,
-                tv_nsec: rustix::fs::UTIME_OMIT,
-            },
-            last_modification: rustix::fs::Timespec {
-                tv_sec: 0,
-                tv_nsec: rustix::fs::UTIME_NOW,
-            },
-        };
-        match rustix::fs::utimensat(rustix::fs::CWD, path, &times, rustix::fs::AtFlags::empty()) {
-            // Removed meanwhile (eviction): the caller sees it as present, which is no worse
-            // than having been evicted just after the check.
-            Ok(()) | Err(rustix::io::Errno::NOENT) => {}
-            Err(e) => return Err(io::Error::from(e)).io_context("touch", path),
-        }
-    }
-    Ok(())
 }
 
 #[async_trait]
@@ -438,6 +471,30 @@ mod tests {
                 assert_eq!(back.as_ref(), data.as_slice(), "{name}");
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_truncated_object_is_replaced_by_the_next_write() {
+        use std::os::unix::fs::PermissionsExt;
+        let (_dir, store) = store();
+        let data = Bytes::from(vec![5u8; 5000]);
+        let digest = store
+            .put_bytes(DigestFunction::Sha256, data.clone())
+            .await
+            .expect("put");
+        let path = store.object_path(&digest);
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).expect("chmod");
+        fs::write(&path, &data[..100]).expect("truncate, as a power loss might");
+        assert!(!store.contains(&digest).await.expect("contains"));
+        store
+            .put_bytes(DigestFunction::Sha256, data.clone())
+            .await
+            .expect("put again");
+        assert_eq!(store.get_bytes(&digest).await.expect("read"), Some(data));
+        assert_eq!(
+            fs::metadata(&path).expect("stat").permissions().mode() & 0o777,
+            0o444
+        );
     }
 
     #[tokio::test]

@@ -5,7 +5,7 @@
 //! Linux). File systems without `O_TMPFILE` get a named temp file in `tmp/` that is renamed
 //! instead; those are what `fsck` reports as temp files after a crash.
 
-use std::fs::{File, Permissions};
+use std::fs::{self, File, Permissions};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
@@ -64,16 +64,28 @@ impl DiskStore {
     /// Gives a complete, verified temp object its final name. An object already there has the
     /// same content, so finding one is success.
     pub(super) fn install(&self, temp: TempObject, digest: &Digest) -> Result<()> {
-        self.install_at(temp, &self.object_path(digest))
+        self.install_at(temp, &self.object_path(digest), digest.size())
     }
 
-    /// Gives a complete temp object the name `target` (an object or one of its variants).
-    pub(super) fn install_at(&self, temp: TempObject, target: &Path) -> Result<()> {
+    /// Gives a complete temp object of `size` bytes the name `target` (an object or one of its
+    /// variants). A file already there is kept if it has the right size (it has the same
+    /// content unless corrupted at rest, which fsck finds) and counts as used; one of another
+    /// size (truncated by a power loss) is replaced.
+    pub(super) fn install_at(&self, temp: TempObject, target: &Path, size: u64) -> Result<()> {
         if self.options.fsync {
             temp.file.sync_data().io_context("fsync", self.tmp_dir())?;
         }
         match temp.named {
-            None => link_anonymous(&temp.file, target).io_context("link into", target)?,
+            None => {
+                if !link_anonymous(&temp.file, target).io_context("link into", target)? {
+                    let existing = fs::metadata(target).io_context("stat", target)?;
+                    if existing.len() == size {
+                        self.touch_if_stale(target, &existing)?;
+                    } else {
+                        replace_with(&temp.file, target).io_context("replace", target)?;
+                    }
+                }
+            }
             Some(path) => path
                 .persist(target)
                 .map_err(|e| e.error)
@@ -90,9 +102,10 @@ impl DiskStore {
     }
 }
 
-/// Links an `O_TMPFILE` inode at `target`. `AT_EMPTY_PATH` needs `CAP_DAC_READ_SEARCH`;
-/// without it the inode is linked through its `/proc/self/fd` name.
-fn link_anonymous(file: &File, target: &Path) -> io::Result<()> {
+/// Links an `O_TMPFILE` inode at `target`; `Ok(false)` if something is already there.
+/// `AT_EMPTY_PATH` needs `CAP_DAC_READ_SEARCH`; without it the inode is linked through its
+/// `/proc/self/fd` name.
+fn link_anonymous(file: &File, target: &Path) -> io::Result<bool> {
     let linked = match rustix::fs::linkat(file, "", CWD, target, AtFlags::EMPTY_PATH) {
         Err(Errno::NOENT | Errno::PERM) => {
             let by_name = format!("/proc/self/fd/{}", file.as_raw_fd());
@@ -101,7 +114,20 @@ fn link_anonymous(file: &File, target: &Path) -> io::Result<()> {
         other => other,
     };
     match linked {
-        Ok(()) | Err(Errno::EXIST) => Ok(()),
+        Ok(()) => Ok(true),
+        Err(Errno::EXIST) => Ok(false),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Replaces a damaged `target` atomically: links the inode beside it, then renames it over.
+fn replace_with(file: &File, target: &Path) -> io::Result<()> {
+    let mut beside = target.as_os_str().to_owned();
+    beside.push(format!(".replace-{}", std::process::id()));
+    let beside = std::path::PathBuf::from(beside);
+    let _ = fs::remove_file(&beside);
+    if !link_anonymous(file, &beside)? {
+        return Err(io::Error::other("replacement name taken"));
+    }
+    fs::rename(&beside, target)
 }

@@ -130,6 +130,7 @@ pub async fn fsck(cx: &Context, args: FsckArgs) -> anyhow::Result<ExitCode> {
             "corrupt": report.corrupt.iter().map(|c| json!({ "digest": c.digest.to_string(), "actual": c.actual.to_string() })).collect::<Vec<_>>(),
             "strays": report.strays.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
             "temp_files": report.temp_files.len(),
+            "corrupt_refs": report.corrupt_refs.iter().map(|r| json!({ "path": r.path.display().to_string(), "reason": r.reason })).collect::<Vec<_>>(),
             "incomplete_refs": report.incomplete_refs.iter().map(|r| json!({ "name": r.name.as_str(), "root": r.root.to_string(), "problem": r.problem })).collect::<Vec<_>>(),
             "repaired": report.repaired,
             "clean": report.is_clean(),
@@ -152,6 +153,9 @@ pub async fn fsck(cx: &Context, args: FsckArgs) -> anyhow::Result<ExitCode> {
                 "{} temp files of interrupted or running writes, {verb}",
                 report.temp_files.len()
             );
+        }
+        for r in &report.corrupt_refs {
+            out!("unreadable ref file {} ({}), {verb}", r.path.display(), r.reason);
         }
         for r in &report.incomplete_refs {
             out!("incomplete ref {} ({}): {}", r.name, r.root, r.problem);
