@@ -148,7 +148,10 @@ impl Digest {
     }
 
     fn from_parts(function: DigestFunction, hash: &str, size: &str) -> Result<Self, DigestError> {
-        let size_ok = !size.is_empty() && size.bytes().all(|b| b.is_ascii_digit());
+        // Canonical decimal only: digits, no sign, no leading zero, so text round-trips.
+        let size_ok = !size.is_empty()
+            && size.bytes().all(|b| b.is_ascii_digit())
+            && (size == "0" || !size.starts_with('0'));
         let size = size_ok
             .then(|| size.parse::<u64>().ok())
             .flatten()
@@ -261,6 +264,8 @@ mod tests {
             format!("{EMPTY_SHA256}0/0"),
             format!("{EMPTY_SHA256}/-1"),
             format!("{EMPTY_SHA256}/+1"),
+            format!("{EMPTY_SHA256}/00"),
+            format!("{EMPTY_SHA256}/044"),
             format!("{EMPTY_SHA256}/"),
             format!("{EMPTY_SHA256}/9223372036854775808"),
             format!("{EMPTY_SHA256} /0"),
