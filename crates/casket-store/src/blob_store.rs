@@ -30,11 +30,17 @@ impl ReadRange {
         limit: None,
     };
 
-    /// How many bytes this range covers in a blob of `size` bytes, or `None` if `offset` is past
-    /// the end.
-    pub fn len_within(&self, size: u64) -> Option<u64> {
-        let rest = size.checked_sub(self.offset)?;
-        Some(self.limit.map_or(rest, |limit| limit.min(rest)))
+    /// How many bytes this range covers in the blob `digest`; an offset past its end is
+    /// [`StoreError::OffsetOutOfRange`].
+    pub fn len_in(&self, digest: &Digest) -> Result<u64> {
+        let rest = digest
+            .size()
+            .checked_sub(self.offset)
+            .ok_or(StoreError::OffsetOutOfRange {
+                digest: *digest,
+                offset: self.offset,
+            })?;
+        Ok(self.limit.map_or(rest, |limit| limit.min(rest)))
     }
 }
 

@@ -66,12 +66,7 @@ impl BlobStore for MemoryStore {
                 actual: data.len() as u64,
             });
         }
-        let len = range
-            .len_within(digest.size())
-            .ok_or(StoreError::OffsetOutOfRange {
-                digest: *digest,
-                offset: range.offset,
-            })?;
+        let len = range.len_in(digest)?;
         let start = range.offset as usize;
         let chunk = data.slice(start..start + len as usize);
         Ok(Some(

@@ -86,12 +86,7 @@ impl BlobStore for ObjectStoreBlobs {
     }
 
     async fn read(&self, digest: &Digest, range: ReadRange) -> Result<Option<BlobStream>> {
-        let len = range
-            .len_within(digest.size())
-            .ok_or(StoreError::OffsetOutOfRange {
-                digest: *digest,
-                offset: range.offset,
-            })?;
+        let len = range.len_in(digest)?;
         if digest.is_empty_blob() {
             return Ok(Some(futures::stream::empty().boxed()));
         }

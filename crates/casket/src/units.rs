@@ -3,12 +3,7 @@
 /// Parses a byte size: a number with an optional binary suffix `K`, `M`, `G`, `T` (`KiB`,
 /// `MB`, ... are accepted too and mean the same powers of 1024).
 pub fn parse_size(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (number, suffix) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a size such as 10G"))?;
+    let (number, suffix) = split_number(text).ok_or_else(|| format!("{text:?} is not a size such as 10G"))?;
     let shift = match suffix
         .trim()
         .to_ascii_uppercase()
@@ -33,12 +28,8 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 
 /// Parses a duration: a number with a unit `s`, `m`, `h` or `d`.
 pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration such as 1h"))?;
+    let (number, unit) =
+        split_number(text).ok_or_else(|| format!("{text:?} is not a duration such as 1h"))?;
     let seconds = match unit {
         "s" => 1,
         "m" => 60,
@@ -50,6 +41,14 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
         .checked_mul(seconds)
         .ok_or_else(|| format!("{text:?} is too long"))?;
     Ok(std::time::Duration::from_secs(seconds))
+}
+
+/// Splits `10G` into `(10, "G")`; `None` without a leading number.
+fn split_number(text: &str) -> Option<(u64, &str)> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, rest) = text.split_at(split);
+    Some((number.parse().ok()?, rest))
 }
 
 /// Formats bytes with a binary unit, e.g. `1.5 GiB`.

@@ -266,10 +266,7 @@ impl DiskStore {
                 actual: meta.len(),
             });
         }
-        let len = range.len_within(meta.len()).ok_or(StoreError::OffsetOutOfRange {
-            digest: *digest,
-            offset: range.offset,
-        })?;
+        let len = range.len_in(digest)?;
         self.touch_if_stale(&path, &meta)?;
         file.seek(SeekFrom::Start(range.offset))
             .io_context("seek", &path)?;
