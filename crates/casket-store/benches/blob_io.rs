@@ -33,7 +33,17 @@ fn disk(c: &mut Criterion) {
     const BATCH: u64 = 256;
     group.throughput(Throughput::Elements(BATCH));
     let mut next = 0u64;
-    group.bench_function("put 256 new 4 KiB blobs", |b| {
+    group.bench_function("put_many 256 new 4 KiB blobs", |b| {
+        b.iter_batched(
+            || {
+                next += BATCH;
+                (next..next + BATCH).map(|i| blob(i, 4096)).collect::<Vec<_>>()
+            },
+            |blobs| runtime.block_on(store.put_many(DigestFunction::Sha256, blobs)),
+            BatchSize::SmallInput,
+        )
+    });
+    group.bench_function("put 256 new 4 KiB blobs, one write each", |b| {
         b.iter_batched(
             || {
                 next += BATCH;

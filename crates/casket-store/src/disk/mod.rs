@@ -41,6 +41,9 @@ use crate::error::{IoContext, Result, StoreError, blocking};
 const MARKER_FILE: &str = "casket-store";
 const MARKER: &str = "casket disk store 1\n";
 
+/// Blobs up to this size are read whole when opened, in one blocking call.
+const SMALL_READ: u64 = 256 << 10;
+
 /// Appended to an object's name for its executable variant.
 const VARIANT_SUFFIX: &str = ".x";
 
@@ -294,18 +297,40 @@ impl BlobStore for DiskStore {
         }
         let store = self.clone();
         let d = *digest;
-        let Some((file, len)) = blocking(move || store.open_for_read(&d, range)).await? else {
-            return Ok(None);
-        };
-        let reader = tokio::fs::File::from_std(file).take(len);
-        Ok(Some(reader_stream(reader, self.object_path(digest))))
+        // A small blob is read whole in the same blocking call that opens it.
+        let opened = blocking(move || {
+            let Some((file, len)) = store.open_for_read(&d, range)? else {
+                return Ok(None);
+            };
+            if d.size() > SMALL_READ {
+                return Ok(Some(Err((file, len))));
+            }
+            let mut data = Vec::with_capacity(len as usize);
+            std::io::Read::read_to_end(&mut std::io::Read::take(file, len), &mut data)
+                .io_context("read", store.object_path(&d))?;
+            Ok(Some(Ok(Bytes::from(data))))
+        })
+        .await?;
+        match opened {
+            None => Ok(None),
+            Some(Ok(data)) => Ok(Some(
+                futures::stream::iter((!data.is_empty()).then_some(Ok(data))).boxed(),
+            )),
+            Some(Err((file, len))) => {
+                let reader = tokio::fs::File::from_std(file).take(len);
+                Ok(Some(reader_stream(reader, self.object_path(digest))))
+            }
+        }
     }
 
     async fn begin_write(&self, digest: &Digest) -> Result<Box<dyn BlobWriter>> {
         let store = self.clone();
         let digest = *digest;
+        if digest.size() <= writer::SMALL_WRITE {
+            return Ok(Box::new(writer::DiskWriter::in_memory(store, digest)));
+        }
         Ok(Box::new(
-            blocking(move || writer::DiskWriter::new(store, digest)).await?,
+            blocking(move || writer::DiskWriter::to_file(store, digest)).await?,
         ))
     }
 
