@@ -116,8 +116,8 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
 
     /// A read-only file on the local file system holding the blob, with the owner's execute
     /// bit set as `executable` asks, for hardlink checkouts; `Ok(None)` if the store keeps no
-    /// such files or the blob is absent. The file must never be modified. May block: call it
-    /// from a blocking thread.
+    /// such files. The path may not exist if the blob is absent (check with `find_missing`
+    /// first). The file must never be modified. May block: call it from a blocking thread.
     fn local_file(&self, _digest: &Digest, _executable: bool) -> Result<Option<PathBuf>> {
         Ok(None)
     }

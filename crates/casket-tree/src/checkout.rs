@@ -17,7 +17,7 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use casket_model::{Digest, Directory, FileNode, Node, NodeProperties};
+use casket_model::{Digest, FileNode, Node, NodeProperties};
 use casket_store::{BlobStore, ReadRange};
 use futures::{StreamExt, TryStreamExt};
 use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps};
@@ -77,7 +77,7 @@ pub async fn checkout(
     options: &CheckoutOptions,
     progress: &dyn Progress,
 ) -> Result<CheckedOut> {
-    let tree = Tree::load(store.as_ref(), root, options.concurrency).await?;
+    let tree = Arc::new(Tree::load(store.as_ref(), root, options.concurrency).await?);
     if let Some((path, digest)) = tree.first_missing_file(store.as_ref()).await? {
         // A stored blob of another size is worth a precise message.
         if let Err(e) = store.read(&digest, ReadRange::ALL).await {
@@ -96,7 +96,7 @@ pub async fn checkout(
         blocking(move || open_target(&dest)).await?
     };
     let (directories, mut report) = {
-        let (tree, root_fd, dest) = (tree.clone(), root_fd.try_clone(), dest.to_owned());
+        let (tree, root_fd, dest) = (Arc::clone(&tree), root_fd.try_clone(), dest.to_owned());
         let root_fd = root_fd.map_err(io_error("dup", &dest))?;
         blocking(move || create_directories(&tree, &root_fd, &dest)).await?
     };
@@ -105,7 +105,8 @@ pub async fn checkout(
     let counts: Vec<CheckedOut> = futures::stream::iter(directories.iter())
         .map(|(path, digest)| {
             let job = DirectoryJob {
-                directory: tree.directory(digest).expect("loaded").clone(),
+                tree: Arc::clone(&tree),
+                digest: *digest,
                 path: path.clone(),
                 dest: dest.to_owned(),
                 root_fd: root_fd.try_clone(),
@@ -208,7 +209,8 @@ fn create_directories(
 
 /// Files and symlinks of one directory, materialised on a blocking thread.
 struct DirectoryJob {
-    directory: Directory,
+    tree: Arc<Tree>,
+    digest: Digest,
     path: String,
     dest: PathBuf,
     root_fd: io::Result<OwnedFd>,
@@ -221,7 +223,8 @@ impl DirectoryJob {
         let root_fd = self.root_fd.map_err(io_error("dup", &self.dest))?;
         let dir = open_beneath(&root_fd, &self.path, &self.dest)?;
         let mut done = CheckedOut::default();
-        for (name, node) in self.directory.entries() {
+        let directory = self.tree.directory(&self.digest).expect("loaded");
+        for (name, node) in directory.entries() {
             let target = self.dest.join(join(&self.path, name.as_str()));
             match node {
                 Node::File(file) => {
