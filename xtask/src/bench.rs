@@ -161,7 +161,7 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
             &checkout,
             "cp -r",
             &cp,
-            "5x faster",
+            ">= 5x",
         ),
     ];
     let table = render(&rows, &options);
