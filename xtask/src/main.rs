@@ -3,6 +3,7 @@
 //! * `cargo xtask test`: everything CI checks, in order, stopping at the first failure.
 //! * `cargo xtask fuzz [--seconds N]`: every fuzz target for N seconds (needs cargo-fuzz).
 //! * `cargo xtask bench-peers`: casket against its peers, side by side in one run.
+//! * `cargo xtask codegen`: regenerates the committed gRPC code for casket's own protos.
 #![allow(clippy::print_stdout)]
 
 mod bench;
@@ -20,6 +21,7 @@ fn main() -> anyhow::Result<()> {
             _ => fuzz(60),
         },
         Some("bench-peers") => bench::run(&args[1..]),
+        Some("codegen") => codegen(),
         _ => bail!(
             "usage: cargo xtask test | fuzz [--seconds N] | bench-peers [--reps N] [--work DIR] [--large-mib N]"
         ),
@@ -64,6 +66,25 @@ fn fuzz(seconds: u64) -> anyhow::Result<()> {
             &[("RUSTC_BOOTSTRAP", "1")],
         )?;
     }
+    Ok(())
+}
+
+/// Generates Rust for `crates/casket-remote/proto` into `crates/casket-remote/src/generated`,
+/// with a pure-Rust proto compiler, so building casket never needs protoc. REAPI types come from
+/// the `bazel-remote-apis` crate.
+fn codegen() -> anyhow::Result<()> {
+    let root = "crates/casket-remote";
+    let fds = protox::compile(["buildstream/v2/buildstream.proto"], [format!("{root}/proto")])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .extern_path(
+            ".build.bazel.remote.execution.v2",
+            "::bazel_remote_apis::build::bazel::remote::execution::v2",
+        )
+        .out_dir(format!("{root}/src/generated"))
+        .compile_fds(fds)?;
+    println!("==> generated {root}/src/generated");
     Ok(())
 }
 

@@ -4,9 +4,10 @@
 //!   reads and writes stream), with [`BlobStoreExt`] conveniences on top.
 //! * Backends: [`DiskStore`] (read-only files under a root, atomic renames), [`MemoryStore`],
 //!   and [`ObjectStoreBlobs`] over any `object_store` backend.
-//! * [`DiskRefs`]: named roots beside a disk store.
+//! * [`DiskRefs`]: named roots beside a disk store; [`DiskActionCache`]: REAPI action results.
 //! * `conformance` (feature `conformance`): the suite every backend must pass.
 
+mod action_cache;
 mod blob_store;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
@@ -16,6 +17,7 @@ mod memory;
 mod object_blobs;
 mod refs;
 
+pub use action_cache::DiskActionCache;
 pub use blob_store::{
     BlobStore, BlobStoreExt, BlobStream, BlobWriter, CHUNK_SIZE, MAX_IN_MEMORY_BLOB, ReadRange, Usage,
     hash_file,

@@ -17,6 +17,7 @@ use clap::{Args, Parser, Subcommand};
     name = "casket",
     version,
     after_help = "Examples:
+  casket serve --allow-push                                    a cache for Bazel and BuildStream
   casket capture ./build/output --ref myproject/app/1a2b3c   store a directory, name it
   casket checkout myproject/app/1a2b3c /tmp/app                materialise it (hard links)
   casket ls -r myproject/app/1a2b3c                            list it
@@ -49,6 +50,9 @@ struct Global {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Serve the store over gRPC: REAPI cache, ByteStream, BuildStream refs, health.
+    #[command(after_help = "Example: casket serve --listen 127.0.0.1:50051 --allow-push")]
+    Serve(commands::serve::ServeArgs),
     /// Store a directory as a Merkle tree and print its root digest.
     #[command(after_help = "Example: casket capture ./out --ref project/element/key")]
     Capture(commands::tree::CaptureArgs),

@@ -11,6 +11,7 @@ macro_rules! out {
 pub mod blob;
 pub mod maintenance;
 pub mod refs;
+pub mod serve;
 pub mod tree;
 
 use std::path::PathBuf;
@@ -80,6 +81,7 @@ fn default_store() -> anyhow::Result<PathBuf> {
 pub async fn run(global: Global, command: Command) -> anyhow::Result<ExitCode> {
     let cx = Context::open(&global)?;
     match command {
+        Command::Serve(args) => serve::serve(&cx, args).await,
         Command::Capture(args) => tree::capture(&cx, args).await,
         Command::Checkout(args) => tree::checkout(&cx, args).await,
         Command::Ls(args) => tree::ls(&cx, args).await,

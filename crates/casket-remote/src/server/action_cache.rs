@@ -1,0 +1,118 @@
+//! `ActionCache`: action results, served only when everything they reference is present.
+
+use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
+use bytes::Bytes;
+use casket_model::{Digest, DigestFunction};
+use casket_store::BlobStoreExt;
+use prost::Message;
+use tonic::{Request, Response, Status};
+
+use super::{ServerState, digest, digest_function};
+use crate::status::from_store;
+
+/// The ActionCache service.
+pub(crate) struct ActionCache {
+    state: ServerState,
+}
+
+impl ActionCache {
+    pub(crate) fn new(state: ServerState) -> Self {
+        ActionCache { state }
+    }
+
+    /// Every blob `result` references: output files, stdout/stderr, output-directory Trees and
+    /// the files inside them. Missing Trees are reported in the list too.
+    async fn referenced_blobs(
+        &self,
+        function: DigestFunction,
+        result: &reapi::ActionResult,
+    ) -> Result<Vec<Digest>, Status> {
+        let mut blobs = Vec::new();
+        for file in &result.output_files {
+            blobs.push(digest(function, file.digest.as_ref())?);
+        }
+        for d in [&result.stdout_digest, &result.stderr_digest]
+            .into_iter()
+            .flatten()
+        {
+            blobs.push(digest(function, Some(d))?);
+        }
+        for dir in &result.output_directories {
+            let tree_digest = digest(function, dir.tree_digest.as_ref())?;
+            blobs.push(tree_digest);
+            let Some(bytes) = self
+                .state
+                .blobs
+                .get_bytes(&tree_digest)
+                .await
+                .map_err(from_store)?
+            else {
+                continue;
+            };
+            let tree = reapi::Tree::decode(bytes.as_ref())
+                .map_err(|e| Status::data_loss(format!("output tree {tree_digest} is not a Tree: {e}")))?;
+            for directory in tree.root.iter().chain(&tree.children) {
+                for file in &directory.files {
+                    blobs.push(digest(function, file.digest.as_ref())?);
+                }
+            }
+        }
+        Ok(blobs)
+    }
+}
+
+#[tonic::async_trait]
+impl reapi::action_cache_server::ActionCache for ActionCache {
+    /// NOT_FOUND unless the result and every blob it references are present; a hit extends
+    /// the lifetime of all of them.
+    async fn get_action_result(
+        &self,
+        request: Request<reapi::GetActionResultRequest>,
+    ) -> Result<Response<reapi::ActionResult>, Status> {
+        let request = request.into_inner();
+        let function = digest_function(request.digest_function)?;
+        let action = digest(function, request.action_digest.as_ref())?;
+        let bytes = self
+            .state
+            .action_cache
+            .get(&action)
+            .await
+            .map_err(from_store)?
+            .ok_or_else(|| Status::not_found(format!("no result for action {action}")))?;
+        let result = reapi::ActionResult::decode(bytes.as_ref())
+            .map_err(|e| Status::data_loss(format!("stored result for {action} is corrupt: {e}")))?;
+        let referenced = self.referenced_blobs(function, &result).await?;
+        let missing = self
+            .state
+            .blobs
+            .find_missing(&referenced)
+            .await
+            .map_err(from_store)?;
+        if let Some(first) = missing.first() {
+            return Err(Status::not_found(format!(
+                "result for action {action} references {} missing blobs, such as {first}",
+                missing.len()
+            )));
+        }
+        Ok(Response::new(result))
+    }
+
+    async fn update_action_result(
+        &self,
+        request: Request<reapi::UpdateActionResultRequest>,
+    ) -> Result<Response<reapi::ActionResult>, Status> {
+        self.state.require_push()?;
+        let request = request.into_inner();
+        let function = digest_function(request.digest_function)?;
+        let action = digest(function, request.action_digest.as_ref())?;
+        let result = request
+            .action_result
+            .ok_or_else(|| Status::invalid_argument("an action result is required"))?;
+        self.state
+            .action_cache
+            .put(&action, Bytes::from(result.encode_to_vec()))
+            .await
+            .map_err(from_store)?;
+        Ok(Response::new(result))
+    }
+}

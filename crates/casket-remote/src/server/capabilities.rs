@@ -1,0 +1,54 @@
+//! `Capabilities`: what this server supports and enforces.
+
+use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
+use bazel_remote_apis::build::bazel::semver::SemVer;
+use casket_model::DigestFunction;
+use tonic::{Request, Response, Status};
+
+use super::{MAX_BATCH_BYTES, ServerState};
+
+/// The Capabilities service.
+pub(crate) struct Capabilities {
+    state: ServerState,
+}
+
+impl Capabilities {
+    pub(crate) fn new(state: ServerState) -> Self {
+        Capabilities { state }
+    }
+}
+
+fn version(minor: i32) -> Option<SemVer> {
+    Some(SemVer {
+        major: 2,
+        minor,
+        patch: 0,
+        prerelease: String::new(),
+    })
+}
+
+#[tonic::async_trait]
+impl reapi::capabilities_server::Capabilities for Capabilities {
+    async fn get_capabilities(
+        &self,
+        _request: Request<reapi::GetCapabilitiesRequest>,
+    ) -> Result<Response<reapi::ServerCapabilities>, Status> {
+        let cache = reapi::CacheCapabilities {
+            digest_functions: DigestFunction::ALL.iter().map(|f| f.to_proto() as i32).collect(),
+            action_cache_update_capabilities: Some(reapi::ActionCacheUpdateCapabilities {
+                update_enabled: self.state.allow_push,
+            }),
+            max_batch_total_size_bytes: MAX_BATCH_BYTES as i64,
+            symlink_absolute_path_strategy: reapi::symlink_absolute_path_strategy::Value::Allowed as i32,
+            ..Default::default()
+        };
+        Ok(Response::new(reapi::ServerCapabilities {
+            cache_capabilities: Some(cache),
+            execution_capabilities: None,
+            // Bazel 4 speaks 2.0; buildbox-casd wants at least 2.1.
+            deprecated_api_version: version(0),
+            low_api_version: version(0),
+            high_api_version: version(3),
+        }))
+    }
+}

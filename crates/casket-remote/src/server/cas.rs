@@ -1,0 +1,288 @@
+//! `ContentAddressableStorage`: existence checks, batches, and GetTree.
+//!
+//! Batches answer per blob: one bad blob never fails the batch, and an empty batch is OK.
+
+use std::collections::HashSet;
+use std::pin::Pin;
+
+use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
+use bazel_remote_apis::google::rpc;
+use bytes::Bytes;
+use casket_model::{Digest, Directory, Node};
+use casket_store::BlobStoreExt;
+use futures::{Stream, StreamExt};
+use prost::Message;
+use tonic::{Code, Request, Response, Status};
+
+use super::{MAX_BATCH_BYTES, MAX_MESSAGE_BYTES, ServerState, digest, digest_function};
+use crate::status::{from_store, store_code};
+
+/// Blobs read at once for one BatchReadBlobs.
+const READ_CONCURRENCY: usize = 16;
+
+/// Directories per GetTree response when the client sets no page size.
+const TREE_PAGE: usize = 4096;
+
+/// The ContentAddressableStorage service.
+pub(crate) struct Cas {
+    state: ServerState,
+}
+
+impl Cas {
+    pub(crate) fn new(state: ServerState) -> Self {
+        Cas { state }
+    }
+}
+
+fn rpc_status(code: Code, message: impl Into<String>) -> Option<rpc::Status> {
+    Some(rpc::Status {
+        code: code as i32,
+        message: message.into(),
+        details: Vec::new(),
+    })
+}
+
+fn ok_status() -> Option<rpc::Status> {
+    rpc_status(Code::Ok, "")
+}
+
+type TreeStream = Pin<Box<dyn Stream<Item = Result<reapi::GetTreeResponse, Status>> + Send>>;
+type ChunkMappingStream = Pin<Box<dyn Stream<Item = Result<reapi::GetChunkMappingResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl reapi::content_addressable_storage_server::ContentAddressableStorage for Cas {
+    async fn find_missing_blobs(
+        &self,
+        request: Request<reapi::FindMissingBlobsRequest>,
+    ) -> Result<Response<reapi::FindMissingBlobsResponse>, Status> {
+        let request = request.into_inner();
+        let function = digest_function(request.digest_function)?;
+        let digests = request
+            .blob_digests
+            .iter()
+            .map(|d| digest(function, Some(d)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let missing = self
+            .state
+            .blobs
+            .find_missing(&digests)
+            .await
+            .map_err(from_store)?;
+        Ok(Response::new(reapi::FindMissingBlobsResponse {
+            missing_blob_digests: missing.iter().map(Digest::to_proto).collect(),
+        }))
+    }
+
+    async fn batch_update_blobs(
+        &self,
+        request: Request<reapi::BatchUpdateBlobsRequest>,
+    ) -> Result<Response<reapi::BatchUpdateBlobsResponse>, Status> {
+        let request = request.into_inner();
+        if request.requests.is_empty() {
+            return Ok(Response::new(reapi::BatchUpdateBlobsResponse::default()));
+        }
+        self.state.require_push()?;
+        let function = digest_function(request.digest_function)?;
+        let total: u64 = request.requests.iter().map(|r| r.data.len() as u64).sum();
+        if total > MAX_BATCH_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "batch of {total} bytes exceeds max_batch_total_size_bytes {MAX_BATCH_BYTES}"
+            )));
+        }
+        let mut responses = Vec::with_capacity(request.requests.len());
+        let mut verified = Vec::new();
+        for blob in request.requests {
+            let response = |status| reapi::batch_update_blobs_response::Response {
+                digest: blob.digest.clone(),
+                status,
+            };
+            let declared = match digest(function, blob.digest.as_ref()) {
+                Ok(d) => d,
+                Err(e) => {
+                    responses.push(response(rpc_status(Code::InvalidArgument, e.message())));
+                    continue;
+                }
+            };
+            if blob.compressor != reapi::compressor::Value::Identity as i32 {
+                responses.push(response(rpc_status(
+                    Code::InvalidArgument,
+                    "compressed batch uploads are not supported",
+                )));
+                continue;
+            }
+            let actual = Digest::of(function, &blob.data);
+            if actual != declared {
+                let message =
+                    format!("content does not match its digest: declared {declared}, computed {actual}");
+                responses.push(response(rpc_status(Code::InvalidArgument, message)));
+                continue;
+            }
+            verified.push((responses.len(), Bytes::from(blob.data)));
+            responses.push(response(ok_status()));
+        }
+        let (indices, data): (Vec<usize>, Vec<Bytes>) = verified.into_iter().unzip();
+        if let Err(e) = self.state.blobs.put_many(function, data).await {
+            let code = store_code(&e);
+            for i in indices {
+                responses[i].status = rpc_status(code, e.to_string());
+            }
+        }
+        Ok(Response::new(reapi::BatchUpdateBlobsResponse { responses }))
+    }
+
+    async fn batch_read_blobs(
+        &self,
+        request: Request<reapi::BatchReadBlobsRequest>,
+    ) -> Result<Response<reapi::BatchReadBlobsResponse>, Status> {
+        let request = request.into_inner();
+        let function = digest_function(request.digest_function)?;
+        let total: u64 = request
+            .digests
+            .iter()
+            .map(|d| d.size_bytes.max(0).unsigned_abs())
+            .sum();
+        if total > MAX_BATCH_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "batch of {total} bytes exceeds max_batch_total_size_bytes {MAX_BATCH_BYTES}"
+            )));
+        }
+        let blobs = &self.state.blobs;
+        let responses = futures::stream::iter(request.digests)
+            .map(|wire| async move {
+                let mut response = reapi::batch_read_blobs_response::Response {
+                    digest: Some(wire.clone()),
+                    ..Default::default()
+                };
+                let read = match digest(function, Some(&wire)) {
+                    Ok(d) => blobs.get_bytes(&d).await.map_err(from_store),
+                    Err(e) => Err(e),
+                };
+                response.status = match read {
+                    Ok(Some(data)) => {
+                        response.data = data.to_vec();
+                        ok_status()
+                    }
+                    Ok(None) => rpc_status(Code::NotFound, "blob not found"),
+                    Err(e) => rpc_status(e.code(), e.message()),
+                };
+                response
+            })
+            .buffered(READ_CONCURRENCY)
+            .collect()
+            .await;
+        Ok(Response::new(reapi::BatchReadBlobsResponse { responses }))
+    }
+
+    type GetTreeStream = TreeStream;
+
+    async fn get_tree(
+        &self,
+        request: Request<reapi::GetTreeRequest>,
+    ) -> Result<Response<TreeStream>, Status> {
+        let request = request.into_inner();
+        let function = digest_function(request.digest_function)?;
+        let root = digest(function, request.root_digest.as_ref())?;
+        let start: usize = match request.page_token.as_str() {
+            "" => 0,
+            token => token
+                .parse()
+                .map_err(|_| Status::invalid_argument(format!("invalid page token {token:?}")))?,
+        };
+        let page_size = usize::try_from(request.page_size).unwrap_or(0);
+        let directories = tree_breadth_first(&self.state, &root).await?;
+        let end = match page_size {
+            0 => directories.len(),
+            n => directories.len().min(start.saturating_add(n)),
+        };
+        let next_page_token = if end < directories.len() {
+            end.to_string()
+        } else {
+            String::new()
+        };
+        // One response per page of whole directories, each within the message limit.
+        let mut responses = Vec::new();
+        let mut current = reapi::GetTreeResponse::default();
+        let mut bytes = 0;
+        for directory in directories.into_iter().take(end).skip(start) {
+            let len = directory.encoded_len();
+            if !current.directories.is_empty()
+                && (current.directories.len() >= TREE_PAGE || bytes + len > MAX_MESSAGE_BYTES / 2)
+            {
+                responses.push(Ok(std::mem::take(&mut current)));
+                bytes = 0;
+            }
+            bytes += len;
+            current.directories.push(directory);
+        }
+        current.next_page_token = next_page_token;
+        responses.push(Ok(current));
+        Ok(Response::new(Box::pin(futures::stream::iter(responses))))
+    }
+
+    async fn split_blob(
+        &self,
+        _request: Request<reapi::SplitBlobRequest>,
+    ) -> Result<Response<reapi::SplitBlobResponse>, Status> {
+        Err(Status::unimplemented("blob splitting is not supported"))
+    }
+
+    type GetChunkMappingStream = ChunkMappingStream;
+
+    async fn get_chunk_mapping(
+        &self,
+        _request: Request<reapi::GetChunkMappingRequest>,
+    ) -> Result<Response<ChunkMappingStream>, Status> {
+        Err(Status::unimplemented("chunk mappings are not supported"))
+    }
+
+    async fn splice_blob(
+        &self,
+        _request: Request<reapi::SpliceBlobRequest>,
+    ) -> Result<Response<reapi::SpliceBlobResponse>, Status> {
+        Err(Status::unimplemented("blob splicing is not supported"))
+    }
+
+    async fn register_chunk_mapping(
+        &self,
+        _request: Request<tonic::Streaming<reapi::RegisterChunkMappingRequest>>,
+    ) -> Result<Response<reapi::RegisterChunkMappingResponse>, Status> {
+        Err(Status::unimplemented("chunk mappings are not supported"))
+    }
+}
+
+/// Every directory of the tree under `root` that the store has, breadth first, each once.
+/// NOT_FOUND only when the root itself is missing; parts of a partial tree are returned.
+async fn tree_breadth_first(state: &ServerState, root: &Digest) -> Result<Vec<reapi::Directory>, Status> {
+    let mut seen = HashSet::from([*root]);
+    let mut out = Vec::new();
+    let mut level = vec![*root];
+    while !level.is_empty() {
+        let fetched: Vec<(Digest, Option<Bytes>)> = futures::stream::iter(level)
+            .map(|d| async move { (d, state.blobs.get_bytes(&d).await.ok().flatten()) })
+            .buffered(READ_CONCURRENCY)
+            .collect()
+            .await;
+        level = Vec::new();
+        for (digest, bytes) in fetched {
+            let Some(bytes) = bytes else {
+                if digest == *root {
+                    return Err(Status::not_found(format!("root directory {digest} not found")));
+                }
+                continue;
+            };
+            let proto = reapi::Directory::decode(bytes.as_ref())
+                .map_err(|e| Status::invalid_argument(format!("{digest} is not a Directory: {e}")))?;
+            if let Ok(directory) = Directory::decode(digest.function(), &bytes) {
+                for (_, node) in directory.entries() {
+                    if let Node::Directory(child) = node
+                        && seen.insert(*child)
+                    {
+                        level.push(*child);
+                    }
+                }
+            }
+            out.push(proto);
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,37 @@
+//! Store and tree errors as gRPC statuses: the only place that maps one to the other.
+
+use casket_store::StoreError;
+use casket_tree::TreeError;
+use tonic::{Code, Status};
+
+/// The gRPC code for a store error.
+pub(crate) fn store_code(e: &StoreError) -> Code {
+    match e {
+        StoreError::NotFound(_) | StoreError::SizeMismatch { .. } => Code::NotFound,
+        StoreError::DigestMismatch { .. } | StoreError::TooLong(_) | StoreError::UnsupportedFunction(_) => {
+            Code::InvalidArgument
+        }
+        StoreError::OffsetOutOfRange { .. } => Code::OutOfRange,
+        StoreError::TooLarge { .. } => Code::ResourceExhausted,
+        StoreError::RefConflict(_) => Code::FailedPrecondition,
+        StoreError::Corrupt { .. } | StoreError::CorruptRef { .. } => Code::DataLoss,
+        StoreError::Io { source, .. } if source.raw_os_error() == Some(28) => Code::ResourceExhausted,
+        StoreError::Io { .. } | StoreError::Task(_) | StoreError::ObjectStore(_) => Code::Internal,
+    }
+}
+
+/// A store error as a status.
+pub(crate) fn from_store(e: StoreError) -> Status {
+    Status::new(store_code(&e), e.to_string())
+}
+
+/// A tree error as a status.
+pub(crate) fn from_tree(e: TreeError) -> Status {
+    let code = match &e {
+        TreeError::MissingDirectory { .. } | TreeError::MissingFile { .. } => Code::NotFound,
+        TreeError::InvalidDirectory { .. } => Code::InvalidArgument,
+        TreeError::Store { source, .. } => store_code(source),
+        _ => Code::Internal,
+    };
+    Status::new(code, e.to_string())
+}

@@ -1,0 +1,62 @@
+//! `serve`: the gRPC cache server on the local store.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use casket_remote::server::{ServerState, bind, serve as run_server};
+use casket_store::DiskActionCache;
+use clap::Args;
+
+use super::Context;
+
+/// Arguments of `casket serve`.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on; port 0 picks a free port (printed on stderr).
+    #[arg(long, default_value = "127.0.0.1:50051", env = "CASKET_LISTEN")]
+    listen: SocketAddr,
+    /// Let clients write blobs, action results and refs (read-only otherwise).
+    #[arg(long)]
+    allow_push: bool,
+}
+
+/// Serves until SIGINT or SIGTERM.
+pub async fn serve(cx: &Context, args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let listener = bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let address = listener.local_addr()?;
+    let state = ServerState {
+        blobs: cx.blobs.clone(),
+        refs: cx.refs.clone(),
+        action_cache: DiskActionCache::new(&cx.disk),
+        allow_push: args.allow_push,
+    };
+    eprintln!(
+        "casket: serving {} on {address} ({})",
+        cx.disk.root().display(),
+        if args.allow_push {
+            "read-write"
+        } else {
+            "read-only"
+        }
+    );
+    run_server(state, listener, shutdown_signal())
+        .await
+        .context("server failed")?;
+    eprintln!("casket: stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(signal) => signal,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}
