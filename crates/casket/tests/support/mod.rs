@@ -2,8 +2,9 @@
 //! the shared generator, and finding real peers.
 #![allow(dead_code, clippy::unwrap_used, clippy::missing_panics_doc)]
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 
 /// The `casket` binary under test, pointed at `store`.
 pub(crate) fn casket(store: &Path) -> Command {
@@ -86,5 +87,45 @@ pub(crate) fn buildstream1() -> Option<String> {
             String::from_utf8_lossy(&out.stderr)
         )),
         Err(e) => Some(format!("/usr/bin/python3: {e}")),
+    }
+}
+
+/// A `casket serve` process on a free loopback port, killed when dropped.
+pub(crate) struct Serve {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub(crate) url: String,
+}
+
+impl Serve {
+    /// Starts `casket serve` on `store` with `extra` arguments and waits until it listens.
+    pub(crate) fn start(store: &Path, extra: &[&str]) -> Serve {
+        let mut child = casket(store)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = BufReader::new(stderr).lines();
+        let line = lines.next().unwrap().unwrap();
+        let address = line
+            .split_whitespace()
+            .find(|w| w.starts_with("127.0.0.1:"))
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+            .to_owned();
+        // Keep draining stderr so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Serve {
+            child,
+            url: format!("http://{address}"),
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -1,0 +1,116 @@
+//! BuildStream 1.6.8's own client (shared/peers/bst1/client.py, which drives CASCache and
+//! CASRemote) against `casket serve`: push a tree with a ref, push it again (FindMissingBlobs
+//! only), pull it into a fresh cache, check out and verify the root digest. Without the Remote
+//! Asset service the client uses BuildStream's ReferenceStorage.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::process::Command;
+
+use serde_json::Value;
+use support::{Serve, buildstream1, gen_tree, ok, peer_available, run, shared_dir};
+
+fn client() -> Command {
+    let mut cmd = Command::new("/usr/bin/python3");
+    cmd.arg(shared_dir().join("peers/bst1/client.py"));
+    cmd
+}
+
+/// The `RESULT {json}` line client.py ends with.
+fn result(stdout: &str) -> Value {
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .unwrap_or_else(|| panic!("no RESULT line in:\n{stdout}"));
+    serde_json::from_str(line).unwrap()
+}
+
+fn phase<'a>(stdout: &'a str, name: &str) -> &'a str {
+    stdout
+        .lines()
+        .find(|l| l.starts_with(&format!("PHASE {name} ")))
+        .unwrap_or_else(|| panic!("no {name} phase in:\n{stdout}"))
+}
+
+#[test]
+fn buildstream_1_client_round_trips_through_casket_serve() {
+    if !peer_available("BuildStream 1.6.8", buildstream1()) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    // Small files for the batches, two files over 1 MiB for ByteStream.
+    gen_tree(
+        &src,
+        &[
+            "--files",
+            "3000",
+            "--size",
+            "4096",
+            "--dirs",
+            "60",
+            "--large",
+            "2:3000000",
+        ],
+    );
+    let server = Serve::start(&dir.path().join("store"), &["--allow-push"]);
+
+    let out = ok(client()
+        .args([
+            "roundtrip",
+            "--url",
+            &server.url,
+            "--verify",
+            "--repush",
+            "--work",
+        ])
+        .arg(dir.path().join("work"))
+        .arg(&src));
+    assert!(
+        phase(&out, "connect-push").contains("asset_fetch=False"),
+        "ReferenceStorage mode"
+    );
+    assert!(phase(&out, "push").contains("pushed=True"));
+    let repush = phase(&out, "repush");
+    assert!(
+        !repush.contains("BatchUpdateBlobs") && !repush.contains("ByteStream.Write"),
+        "{repush}"
+    );
+    assert!(phase(&out, "verify").contains("ok=True"), "{out}");
+    let result = result(&out);
+    assert_eq!(
+        result["phases"]["pull"]["digest"],
+        result["phases"]["import"]["digest"]
+    );
+}
+
+#[test]
+fn buildstream_1_cannot_push_to_a_read_only_casket() {
+    if !peer_available("BuildStream 1.6.8", buildstream1()) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    gen_tree(&src, &["--files", "50", "--size", "100", "--dirs", "2"]);
+    let store = dir.path().join("store");
+    let server = Serve::start(&store, &[]);
+    let repo = dir.path().join("repo");
+    ok(client()
+        .args(["import", "--repo"])
+        .arg(&repo)
+        .arg(&src)
+        .args(["--ref", "p/e/k"]));
+    let push =
+        run(client()
+            .args(["push", "--repo"])
+            .arg(&repo)
+            .args(["--url", &server.url, "--ref", "p/e/k"]));
+    let stdout = String::from_utf8_lossy(&push.stdout);
+    assert!(
+        !push.status.success() || stdout.contains("pushed=False"),
+        "a read-only server accepted a push:\n{stdout}"
+    );
+    let blobs: Value = serde_json::from_str(&ok(support::casket(&store).args(["du", "--json"]))).unwrap();
+    assert_eq!(blobs["blobs"], 0, "nothing was stored");
+}
