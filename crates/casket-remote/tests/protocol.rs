@@ -2,14 +2,12 @@
 //! notes list that this server already covers.
 #![allow(clippy::unwrap_used)]
 
-use std::sync::Arc;
-
 use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
 use bazel_remote_apis::google::bytestream::{self as bs, byte_stream_client::ByteStreamClient};
 use casket_model::{Digest, DigestFunction, Directory, EntryName, FileNode, Node, NodeProperties};
 use casket_remote::proto::buildstream::{self as bst, reference_storage_client::ReferenceStorageClient};
 use casket_remote::server::{MAX_BATCH_BYTES, ServerState, bind, serve};
-use casket_store::{BlobStoreExt, DiskActionCache, DiskOptions, DiskRefs, DiskStore};
+use casket_store::{BlobStoreExt, DiskOptions, DiskStore};
 use prost::Message;
 use reapi::action_cache_client::ActionCacheClient;
 use reapi::capabilities_client::CapabilitiesClient;
@@ -36,12 +34,7 @@ impl Drop for Server {
 async fn start(allow_push: bool) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let store = DiskStore::open(dir.path().join("store"), DiskOptions::default()).unwrap();
-    let state = ServerState {
-        blobs: Arc::new(store.clone()),
-        refs: DiskRefs::new(&store),
-        action_cache: DiskActionCache::new(&store),
-        allow_push,
-    };
+    let state = ServerState::on_disk(&store, allow_push);
     let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let address = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -565,4 +558,111 @@ async fn references_round_trip_and_incomplete_trees_are_not_found() {
         .await
         .unwrap_err();
     assert_eq!(bad.code(), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn remote_asset_probes_pushes_and_fetches() {
+    use bazel_remote_apis::build::bazel::remote::asset::v1 as asset;
+    let server = start(true).await;
+    let mut fetch = asset::fetch_client::FetchClient::new(server.channel.clone());
+    let mut push = asset::push_client::PushClient::new(server.channel.clone());
+
+    // Start-up probes of BuildStream and buildbox-casd: empty requests are INVALID_ARGUMENT.
+    let probe = fetch
+        .fetch_blob(asset::FetchBlobRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(probe.code(), Code::InvalidArgument);
+    let probe = push
+        .push_directory(asset::PushDirectoryRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(probe.code(), Code::InvalidArgument);
+
+    let uri = "urn:fdc:buildstream.build:2020:artifact:p/e/key";
+    let qualifier = |name: &str, value: &str| asset::Qualifier {
+        name: name.into(),
+        value: value.into(),
+    };
+    let artifact = b"artifact proto";
+    let pushed = asset::PushBlobRequest {
+        uris: vec![uri.into()],
+        qualifiers: vec![qualifier("a", "1"), qualifier("b", "2")],
+        blob_digest: Some(sha(artifact).to_proto()),
+        ..Default::default()
+    };
+    // Content must be uploaded first.
+    let early = push.push_blob(pushed.clone()).await.unwrap_err();
+    assert_eq!(early.code(), Code::FailedPrecondition);
+    server
+        .store
+        .put_bytes(DigestFunction::Sha256, bytes::Bytes::from_static(artifact))
+        .await
+        .unwrap();
+    push.push_blob(pushed).await.unwrap();
+
+    let hit = fetch
+        .fetch_blob(asset::FetchBlobRequest {
+            uris: vec!["urn:other".into(), uri.into()],
+            // Qualifier order does not matter.
+            qualifiers: vec![qualifier("b", "2"), qualifier("a", "1")],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (hit.uri.as_str(), hit.blob_digest),
+        (uri, Some(sha(artifact).to_proto()))
+    );
+    let other_qualifiers = fetch
+        .fetch_blob(asset::FetchBlobRequest {
+            uris: vec![uri.into()],
+            qualifiers: vec![qualifier("a", "1")],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(other_qualifiers.code(), Code::NotFound);
+
+    // A directory asset whose tree lost a file is a miss, not a broken hit.
+    let mut directory = Directory::new();
+    directory.insert(
+        EntryName::new("f").unwrap(),
+        Node::File(FileNode {
+            digest: sha(b"source file"),
+            executable: false,
+            properties: NodeProperties::default(),
+        }),
+    );
+    let file = server
+        .store
+        .put_bytes(DigestFunction::Sha256, bytes::Bytes::from_static(b"source file"))
+        .await
+        .unwrap();
+    let root = server
+        .store
+        .put_bytes(DigestFunction::Sha256, bytes::Bytes::from(directory.encode()))
+        .await
+        .unwrap();
+    push.push_directory(asset::PushDirectoryRequest {
+        uris: vec!["urn:source".into()],
+        root_directory_digest: Some(root.to_proto()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let request = asset::FetchDirectoryRequest {
+        uris: vec!["urn:source".into()],
+        ..Default::default()
+    };
+    let hit = fetch.fetch_directory(request.clone()).await.unwrap().into_inner();
+    assert_eq!(hit.root_directory_digest, Some(root.to_proto()));
+    casket_store::BlobStore::delete(&server.store, &file)
+        .await
+        .unwrap();
+    assert_eq!(
+        fetch.fetch_directory(request).await.unwrap_err().code(),
+        Code::NotFound
+    );
 }

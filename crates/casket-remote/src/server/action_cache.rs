@@ -3,7 +3,7 @@
 use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
 use bytes::Bytes;
 use casket_model::{Digest, DigestFunction};
-use casket_store::BlobStoreExt;
+use casket_store::{BlobStoreExt, DiskRecords};
 use prost::Message;
 use tonic::{Request, Response, Status};
 
@@ -75,7 +75,7 @@ impl reapi::action_cache_server::ActionCache for ActionCache {
         let bytes = self
             .state
             .action_cache
-            .get(&action)
+            .get(&DiskRecords::action_key(&action))
             .await
             .map_err(from_store)?
             .ok_or_else(|| Status::not_found(format!("no result for action {action}")))?;
@@ -110,7 +110,10 @@ impl reapi::action_cache_server::ActionCache for ActionCache {
             .ok_or_else(|| Status::invalid_argument("an action result is required"))?;
         self.state
             .action_cache
-            .put(&action, Bytes::from(result.encode_to_vec()))
+            .put(
+                &DiskRecords::action_key(&action),
+                Bytes::from(result.encode_to_vec()),
+            )
             .await
             .map_err(from_store)?;
         Ok(Response::new(result))

@@ -5,6 +5,7 @@
 //! what the server enforces.
 
 mod action_cache;
+mod asset;
 mod bytestream;
 mod capabilities;
 mod cas;
@@ -13,10 +14,12 @@ mod reference;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use bazel_remote_apis::build::bazel::remote::asset::v1::fetch_server::FetchServer;
+use bazel_remote_apis::build::bazel::remote::asset::v1::push_server::PushServer;
 use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
 use bazel_remote_apis::google::bytestream::byte_stream_server::ByteStreamServer;
 use casket_model::{Digest, DigestFunction};
-use casket_store::{BlobStore, DiskActionCache, DiskRefs};
+use casket_store::{BlobStore, DiskRecords, DiskRefs, DiskStore};
 use reapi::action_cache_server::ActionCacheServer;
 use reapi::capabilities_server::CapabilitiesServer;
 use reapi::content_addressable_storage_server::ContentAddressableStorageServer;
@@ -42,13 +45,30 @@ pub struct ServerState {
     pub blobs: Arc<dyn BlobStore>,
     /// BuildStream refs.
     pub refs: DiskRefs,
-    /// REAPI action results.
-    pub action_cache: DiskActionCache,
-    /// Whether clients may write (blobs, action results, refs).
+    /// REAPI action results, keyed by [`DiskRecords::action_key`].
+    pub action_cache: DiskRecords,
+    /// Remote Asset entries.
+    pub assets: DiskRecords,
+    /// Whether clients may write (blobs, action results, refs, assets).
     pub allow_push: bool,
+    /// Whether to offer the Remote Asset API. BuildStream 1 uses it instead of ReferenceStorage
+    /// when it is there; BuildStream 2 needs it.
+    pub remote_asset: bool,
 }
 
 impl ServerState {
+    /// Serves `store`, with its refs, action results and assets beside it.
+    pub fn on_disk(store: &DiskStore, allow_push: bool) -> Self {
+        ServerState {
+            blobs: Arc::new(store.clone()),
+            refs: DiskRefs::new(store),
+            action_cache: DiskRecords::new(store, "ac"),
+            assets: DiskRecords::new(store, "assets"),
+            allow_push,
+            remote_asset: true,
+        }
+    }
+
     /// Refuses a write when pushing is not allowed. Nothing is stored after a refusal.
     pub(crate) fn require_push(&self) -> Result<(), Status> {
         if self.allow_push {
@@ -100,6 +120,16 @@ pub async fn serve(
             ActionCacheServer::new(action_cache::ActionCache::new(state.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_optional_service(
+            state
+                .remote_asset
+                .then(|| FetchServer::new(asset::Fetch::new(state.clone()))),
+        )
+        .add_optional_service(
+            state
+                .remote_asset
+                .then(|| PushServer::new(asset::Push::new(state.clone()))),
         )
         .add_service(ReferenceStorageServer::new(reference::ReferenceStorage::new(
             state,

@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use casket_remote::server::{ServerState, bind, serve as run_server};
-use casket_store::DiskActionCache;
 use clap::Args;
 
 use super::Context;
@@ -16,9 +15,12 @@ pub struct ServeArgs {
     /// Address to listen on; port 0 picks a free port (printed on stderr).
     #[arg(long, default_value = "127.0.0.1:50051", env = "CASKET_LISTEN")]
     listen: SocketAddr,
-    /// Let clients write blobs, action results and refs (read-only otherwise).
+    /// Let clients write blobs, action results, refs and assets (read-only otherwise).
     #[arg(long)]
     allow_push: bool,
+    /// Do not offer the Remote Asset API (BuildStream 1 then falls back to ReferenceStorage).
+    #[arg(long)]
+    no_remote_asset: bool,
 }
 
 /// Serves until SIGINT or SIGTERM.
@@ -28,10 +30,8 @@ pub async fn serve(cx: &Context, args: ServeArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let address = listener.local_addr()?;
     let state = ServerState {
-        blobs: cx.blobs.clone(),
-        refs: cx.refs.clone(),
-        action_cache: DiskActionCache::new(&cx.disk),
-        allow_push: args.allow_push,
+        remote_asset: !args.no_remote_asset,
+        ..ServerState::on_disk(&cx.disk, args.allow_push)
     };
     eprintln!(
         "casket: serving {} on {address} ({})",
