@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use casket_model::{Digest, DigestFunction};
-use casket_store::{BlobStore, BlobStoreExt, DiskOptions, DiskStore, ReadRange};
+use casket_store::{BlobStore, BlobStoreExt, DiskOptions, DiskStore, NewBlob, ReadRange};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use futures::TryStreamExt;
 
@@ -37,7 +37,9 @@ fn disk(c: &mut Criterion) {
         b.iter_batched(
             || {
                 next += BATCH;
-                (next..next + BATCH).map(|i| blob(i, 4096)).collect::<Vec<_>>()
+                (next..next + BATCH)
+                    .map(|i| NewBlob::new(blob(i, 4096)))
+                    .collect::<Vec<_>>()
             },
             |blobs| runtime.block_on(store.put_many(DigestFunction::Sha256, blobs)),
             BatchSize::SmallInput,

@@ -44,6 +44,31 @@ impl ReadRange {
     }
 }
 
+/// One blob of a [`BlobStore::put_many`] batch.
+#[derive(Clone, Debug)]
+pub struct NewBlob {
+    /// The content.
+    pub data: Bytes,
+    /// The digest the writer declared, if it declared one.
+    pub expected: Option<Digest>,
+}
+
+impl NewBlob {
+    /// Content whose digest the store computes.
+    pub fn new(data: Bytes) -> Self {
+        NewBlob { data, expected: None }
+    }
+
+    /// Hashes the content with `function` and checks it against the declared digest.
+    pub fn verify(&self, function: DigestFunction) -> Result<Digest> {
+        let actual = Digest::of(function, &self.data);
+        match self.expected {
+            Some(expected) if expected != actual => Err(StoreError::DigestMismatch { expected, actual }),
+            _ => Ok(actual),
+        }
+    }
+}
+
 /// Totals a store can report exactly.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Usage {
@@ -97,10 +122,17 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
     /// Exact totals over every stored blob.
     async fn usage(&self) -> Result<Usage>;
 
-    /// Stores `blobs`, hashed by the store with `function`, and returns their digests in order.
-    /// The batch is the unit of work: stores on a local disk write it in one blocking task.
-    async fn put_many(&self, function: DigestFunction, blobs: Vec<Bytes>) -> Result<Vec<Digest>> {
-        futures::future::try_join_all(blobs.into_iter().map(|data| self.put_bytes(function, data))).await
+    /// Stores a batch of blobs hashed with `function`, each hashed once, and answers per blob
+    /// in order: its digest, or why it was refused (a blob that does not match its declared
+    /// digest is [`StoreError::DigestMismatch`] and is not stored under any name). The batch is
+    /// the unit of work: stores on a local disk write it in one blocking task.
+    async fn put_many(&self, function: DigestFunction, blobs: Vec<NewBlob>) -> Result<Vec<Result<Digest>>> {
+        let mut results = Vec::with_capacity(blobs.len());
+        for blob in blobs {
+            let digest = blob.expected.unwrap_or_else(|| Digest::of(function, &blob.data));
+            results.push(self.put_verified(&digest, blob.data).await.map(|()| digest));
+        }
+        Ok(results)
     }
 
     /// Stores the content of the regular file at `path` and returns its digest. The default

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use casket_model::{Digest, DigestFunction};
 use futures::TryStreamExt;
 
-use crate::{BlobStore, BlobStoreExt, ReadRange, StoreError};
+use crate::{BlobStore, BlobStoreExt, NewBlob, ReadRange, StoreError};
 
 /// Runs every check against `store`, which should start empty.
 pub async fn run_all(store: &dyn BlobStore) {
@@ -70,16 +70,33 @@ pub async fn put_then_read_back(store: &dyn BlobStore) {
     }
 }
 
-/// `put_many` stores every blob and returns their digests in input order.
+/// `put_many` stores every blob, answers in input order, and refuses a blob that does not match
+/// its declared digest without failing the others.
 pub async fn put_many_returns_digests_in_order(store: &dyn BlobStore) {
     let blobs: Vec<Bytes> = (0..20)
         .map(|i| blob(&format!("many-{}", i % 15), i * 100))
         .collect();
-    let digests = store
-        .put_many(DigestFunction::Sha256, blobs.clone())
-        .await
-        .unwrap();
-    for (data, digest) in blobs.iter().zip(&digests) {
+    let mut batch: Vec<NewBlob> = blobs.iter().cloned().map(NewBlob::new).collect();
+    let declared = Digest::of(DigestFunction::Sha256, b"declared but not sent");
+    let liar = Digest::new(DigestFunction::Sha256, *declared.hash(), blobs[3].len() as u64).unwrap();
+    batch[3].expected = Some(liar);
+    batch[4].expected = Some(Digest::of(DigestFunction::Sha256, &blobs[4]));
+    let results = store.put_many(DigestFunction::Sha256, batch).await.unwrap();
+    assert!(
+        matches!(results[3], Err(StoreError::DigestMismatch { .. })),
+        "a lying blob is refused"
+    );
+    let true_digest = Digest::of(DigestFunction::Sha256, &blobs[3]);
+    assert_eq!(
+        store.find_missing(&[true_digest, liar]).await.unwrap().len(),
+        2,
+        "a refused blob is stored under no name"
+    );
+    for (i, (data, result)) in blobs.iter().zip(&results).enumerate() {
+        if i == 3 {
+            continue;
+        }
+        let digest = result.as_ref().unwrap();
         assert_eq!(*digest, Digest::of(DigestFunction::Sha256, data));
         assert_eq!(
             read_all(store, digest, ReadRange::ALL).await.as_deref(),

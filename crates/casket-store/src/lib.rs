@@ -18,8 +18,8 @@ mod records;
 mod refs;
 
 pub use blob_store::{
-    BlobStore, BlobStoreExt, BlobStream, BlobWriter, CHUNK_SIZE, MAX_IN_MEMORY_BLOB, ReadRange, Usage,
-    hash_file,
+    BlobStore, BlobStoreExt, BlobStream, BlobWriter, CHUNK_SIZE, MAX_IN_MEMORY_BLOB, NewBlob, ReadRange,
+    Usage, hash_file,
 };
 pub use disk::{DiskOptions, DiskStore, ObjectInfo, ObjectScan};
 pub use error::{Result, StoreError};

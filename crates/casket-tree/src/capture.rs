@@ -16,7 +16,7 @@ use bytes::Bytes;
 use casket_model::{
     Digest, DigestFunction, Directory, EntryName, FileNode, Node, NodeProperties, SymlinkNode, Timestamp,
 };
-use casket_store::BlobStore;
+use casket_store::{BlobStore, NewBlob};
 use futures::{StreamExt, TryStreamExt};
 
 use crate::Progress;
@@ -175,7 +175,10 @@ async fn store_batch(
         })
         .await?
     };
-    let small: Vec<Bytes> = read.iter().filter_map(|r| r.content.clone()).collect();
+    let small: Vec<NewBlob> = read
+        .iter()
+        .filter_map(|r| r.content.clone().map(NewBlob::new))
+        .collect();
     let mut small_digests = store
         .put_many(options.function, small)
         .await
@@ -185,7 +188,10 @@ async fn store_batch(
     for (offset, (file, path)) in read.into_iter().zip(&paths).enumerate() {
         let mut node = file.node;
         node.digest = match file.content {
-            Some(_) => small_digests.next().expect("one digest per small file"),
+            Some(_) => small_digests
+                .next()
+                .expect("one result per small file")
+                .map_err(store_error(path.display().to_string()))?,
             None => store
                 .ingest_file(path, options.function)
                 .await

@@ -303,32 +303,13 @@ pub async fn fsck(
     report.corrupt_refs = ref_scan.corrupt;
     let view = store.untouched();
     for RefEntry { name, digest, .. } in ref_scan.refs {
-        if let Some(problem) = tree_problem(&view, &digest).await? {
+        if let Some(problem) = crate::Tree::problem(&view, &digest).await? {
             report.incomplete_refs.push(IncompleteRef {
                 name,
                 root: digest,
-                problem,
+                problem: problem.to_string(),
             });
         }
     }
     Ok(report)
-}
-
-/// Why the tree at `root` cannot be checked out, if it cannot.
-async fn tree_problem(store: &DiskStore, root: &Digest) -> Result<Option<String>> {
-    let tree = match crate::Tree::load(store, root, crate::default_concurrency()).await {
-        Ok(tree) => tree,
-        Err(
-            e @ (TreeError::MissingDirectory { .. }
-            | TreeError::InvalidDirectory { .. }
-            | TreeError::Store { .. }),
-        ) => {
-            return Ok(Some(e.to_string()));
-        }
-        Err(e) => return Err(e),
-    };
-    Ok(tree
-        .first_missing_file(store)
-        .await?
-        .map(|(path, digest)| TreeError::MissingFile { path, digest }.to_string()))
 }

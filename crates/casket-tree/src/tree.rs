@@ -45,6 +45,25 @@ impl Tree {
         })
     }
 
+    /// Why the tree under `root` cannot be checked out from `store`, if it cannot: the first
+    /// missing or invalid directory, or else the first file whose content is missing.
+    /// `Err` is kept for failures to look (I/O), not for what was found.
+    pub async fn problem(store: &dyn BlobStore, root: &Digest) -> Result<Option<TreeError>> {
+        let tree = match Tree::load(store, root, crate::default_concurrency()).await {
+            Ok(tree) => tree,
+            Err(
+                e @ (TreeError::MissingDirectory { .. }
+                | TreeError::InvalidDirectory { .. }
+                | TreeError::Store { .. }),
+            ) => return Ok(Some(e)),
+            Err(e) => return Err(e),
+        };
+        Ok(tree
+            .first_missing_file(store)
+            .await?
+            .map(|(path, digest)| TreeError::MissingFile { path, digest }))
+    }
+
     /// The root digest.
     pub fn root(&self) -> &Digest {
         &self.root

@@ -19,10 +19,6 @@ use tonic::{Request, Response, Status};
 use super::{ServerState, digest, digest_function};
 use crate::status::{from_store, from_tree};
 
-/// Record namespaces for the two kinds of asset.
-const BLOB: &str = "blob";
-const DIRECTORY: &str = "directory";
-
 /// The Fetch service.
 pub(crate) struct Fetch {
     state: ServerState,
@@ -87,19 +83,94 @@ fn ok_status() -> Option<rpc::Status> {
     Some(rpc::Status::default())
 }
 
+/// The two kinds of asset. Each is stored as the Push request that made it.
+trait AssetRecord: Message + Default {
+    /// The record namespace.
+    const KIND: &'static str;
+    /// Whether the content is a directory tree (else a blob).
+    const DIRECTORY: bool;
+    fn uris(&self) -> &[String];
+    fn qualifiers(&self) -> &[asset::Qualifier];
+    fn digest_function(&self) -> i32;
+    fn content(&self) -> Option<&reapi::Digest>;
+    fn references_blobs(&self) -> &[reapi::Digest];
+    fn references_directories(&self) -> &[reapi::Digest];
+    fn expire_at(&self) -> Option<&Timestamp>;
+}
+
+macro_rules! asset_record {
+    ($type:ty, $kind:literal, $directory:literal, $content:ident) => {
+        impl AssetRecord for $type {
+            const KIND: &'static str = $kind;
+            const DIRECTORY: bool = $directory;
+            fn uris(&self) -> &[String] {
+                &self.uris
+            }
+            fn qualifiers(&self) -> &[asset::Qualifier] {
+                &self.qualifiers
+            }
+            fn digest_function(&self) -> i32 {
+                self.digest_function
+            }
+            fn content(&self) -> Option<&reapi::Digest> {
+                self.$content.as_ref()
+            }
+            fn references_blobs(&self) -> &[reapi::Digest] {
+                &self.references_blobs
+            }
+            fn references_directories(&self) -> &[reapi::Digest] {
+                &self.references_directories
+            }
+            fn expire_at(&self) -> Option<&Timestamp> {
+                self.expire_at.as_ref()
+            }
+        }
+    };
+}
+
+asset_record!(asset::PushBlobRequest, "blob", false, blob_digest);
+asset_record!(
+    asset::PushDirectoryRequest,
+    "directory",
+    true,
+    root_directory_digest
+);
+
+fn digests(function: DigestFunction, list: &[reapi::Digest]) -> Result<Vec<Digest>, Status> {
+    list.iter().map(|d| digest(function, Some(d))).collect()
+}
+
+/// A record's content digest, and every blob and directory it needs (the content included).
+fn needs<R: AssetRecord>(
+    record: &R,
+    function: DigestFunction,
+) -> Result<(Digest, Vec<Digest>, Vec<Digest>), Status> {
+    let content = digest(function, record.content())?;
+    let mut blobs = digests(function, record.references_blobs())?;
+    let mut directories = digests(function, record.references_directories())?;
+    if R::DIRECTORY {
+        directories.push(content);
+    } else {
+        blobs.push(content);
+    }
+    Ok((content, blobs, directories))
+}
+
 impl Fetch {
-    /// The first URI whose record exists, has not expired, and passes `complete`.
-    async fn find<R: Message + Default>(
+    /// The first of `uris` with an unexpired record of kind `R` whose content and references
+    /// are all complete (checking them extends their lives), with its content digest.
+    async fn find<R: AssetRecord>(
         &self,
-        kind: &str,
         uris: &[String],
         qualifiers: &[asset::Qualifier],
-    ) -> Result<Option<(String, R)>, Status> {
+        function: DigestFunction,
+    ) -> Result<(String, R, Digest), Status> {
+        require_uris(uris)?;
         for uri in uris {
             let Some(bytes) = self
                 .state
                 .assets
-                .get(&key(kind, uri, qualifiers)?)
+                .get(&key(R::KIND, uri, qualifiers)?)
                 .await
                 .map_err(from_store)?
             else {
@@ -107,17 +178,24 @@ impl Fetch {
             };
             let record =
                 R::decode(bytes.as_ref()).map_err(|e| Status::data_loss(format!("asset {uri}: {e}")))?;
-            return Ok(Some((uri.clone(), record)));
+            if expired(record.expire_at()) {
+                continue;
+            }
+            let (content, blobs, directories) = needs(&record, function)?;
+            if self.complete(&blobs, &directories).await? {
+                return Ok((uri.clone(), record, content));
+            }
         }
-        Ok(None)
+        Err(Status::not_found(
+            "no complete asset for these URIs and qualifiers",
+        ))
     }
 
-    /// Whether the blob and the asset's references are present (checking extends their lives).
-    async fn complete(&self, blobs: Vec<Digest>, directories: &[Digest]) -> Result<bool, Status> {
+    async fn complete(&self, blobs: &[Digest], directories: &[Digest]) -> Result<bool, Status> {
         if !self
             .state
             .blobs
-            .find_missing(&blobs)
+            .find_missing(blobs)
             .await
             .map_err(from_store)?
             .is_empty()
@@ -125,33 +203,16 @@ impl Fetch {
             return Ok(false);
         }
         for root in directories {
-            match casket_tree::Tree::load(
-                self.state.blobs.as_ref(),
-                root,
-                casket_tree::default_concurrency(),
-            )
-            .await
+            if casket_tree::Tree::problem(self.state.blobs.as_ref(), root)
+                .await
+                .map_err(from_tree)?
+                .is_some()
             {
-                Ok(tree) => {
-                    if tree
-                        .first_missing_file(self.state.blobs.as_ref())
-                        .await
-                        .map_err(from_tree)?
-                        .is_some()
-                    {
-                        return Ok(false);
-                    }
-                }
-                Err(casket_tree::TreeError::MissingDirectory { .. }) => return Ok(false),
-                Err(e) => return Err(from_tree(e)),
+                return Ok(false);
             }
         }
         Ok(true)
     }
-}
-
-fn digests(function: DigestFunction, list: &[reapi::Digest]) -> Result<Vec<Digest>, Status> {
-    list.iter().map(|d| digest(function, Some(d))).collect()
 }
 
 #[tonic::async_trait]
@@ -161,32 +222,18 @@ impl asset::fetch_server::Fetch for Fetch {
         request: Request<asset::FetchBlobRequest>,
     ) -> Result<Response<asset::FetchBlobResponse>, Status> {
         let request = request.into_inner();
-        require_uris(&request.uris)?;
         let function = digest_function(request.digest_function)?;
-        let found = self
-            .find::<asset::PushBlobRequest>(BLOB, &request.uris, &request.qualifiers)
+        let (uri, record, blob) = self
+            .find::<asset::PushBlobRequest>(&request.uris, &request.qualifiers, function)
             .await?;
-        if let Some((uri, record)) = found.filter(|(_, r)| !expired(r.expire_at.as_ref())) {
-            let blob = digest(function, record.blob_digest.as_ref())?;
-            let mut blobs = digests(function, &record.references_blobs)?;
-            blobs.push(blob);
-            if self
-                .complete(blobs, &digests(function, &record.references_directories)?)
-                .await?
-            {
-                return Ok(Response::new(asset::FetchBlobResponse {
-                    status: ok_status(),
-                    uri,
-                    qualifiers: request.qualifiers,
-                    expires_at: record.expire_at,
-                    blob_digest: Some(blob.to_proto()),
-                    digest_function: request.digest_function,
-                }));
-            }
-        }
-        Err(Status::not_found(
-            "no complete asset for these URIs and qualifiers",
-        ))
+        Ok(Response::new(asset::FetchBlobResponse {
+            status: ok_status(),
+            uri,
+            qualifiers: request.qualifiers,
+            expires_at: record.expire_at,
+            blob_digest: Some(blob.to_proto()),
+            digest_function: request.digest_function,
+        }))
     }
 
     async fn fetch_directory(
@@ -194,58 +241,41 @@ impl asset::fetch_server::Fetch for Fetch {
         request: Request<asset::FetchDirectoryRequest>,
     ) -> Result<Response<asset::FetchDirectoryResponse>, Status> {
         let request = request.into_inner();
-        require_uris(&request.uris)?;
         let function = digest_function(request.digest_function)?;
-        let found = self
-            .find::<asset::PushDirectoryRequest>(DIRECTORY, &request.uris, &request.qualifiers)
+        let (uri, record, root) = self
+            .find::<asset::PushDirectoryRequest>(&request.uris, &request.qualifiers, function)
             .await?;
-        if let Some((uri, record)) = found.filter(|(_, r)| !expired(r.expire_at.as_ref())) {
-            let root = digest(function, record.root_directory_digest.as_ref())?;
-            let mut directories = digests(function, &record.references_directories)?;
-            directories.push(root);
-            if self
-                .complete(digests(function, &record.references_blobs)?, &directories)
-                .await?
-            {
-                return Ok(Response::new(asset::FetchDirectoryResponse {
-                    status: ok_status(),
-                    uri,
-                    qualifiers: request.qualifiers,
-                    expires_at: record.expire_at,
-                    root_directory_digest: Some(root.to_proto()),
-                    digest_function: request.digest_function,
-                }));
-            }
-        }
-        Err(Status::not_found(
-            "no complete asset for these URIs and qualifiers",
-        ))
+        Ok(Response::new(asset::FetchDirectoryResponse {
+            status: ok_status(),
+            uri,
+            qualifiers: request.qualifiers,
+            expires_at: record.expire_at,
+            root_directory_digest: Some(root.to_proto()),
+            digest_function: request.digest_function,
+        }))
     }
 }
 
 impl Push {
-    /// Refuses an asset whose content is not in the CAS: clients upload content first.
-    async fn require_present(&self, blobs: &[Digest]) -> Result<(), Status> {
-        let missing = self.state.blobs.find_missing(blobs).await.map_err(from_store)?;
-        match missing.first() {
-            Some(first) => Err(Status::failed_precondition(format!(
+    /// Stores `record` under each of its URIs, once everything it names is in the CAS (clients
+    /// upload content first).
+    async fn accept<R: AssetRecord>(&self, record: R) -> Result<(), Status> {
+        require_uris(record.uris())?;
+        let function = digest_function(record.digest_function())?;
+        let (_, mut needed, directories) = needs(&record, function)?;
+        self.state.require_push()?;
+        needed.extend(directories);
+        let missing = self.state.blobs.find_missing(&needed).await.map_err(from_store)?;
+        if let Some(first) = missing.first() {
+            return Err(Status::failed_precondition(format!(
                 "{first} is not in the CAS: upload it first"
-            ))),
-            None => Ok(()),
+            )));
         }
-    }
-
-    async fn store(
-        &self,
-        kind: &str,
-        uris: &[String],
-        qualifiers: &[asset::Qualifier],
-        record: Bytes,
-    ) -> Result<(), Status> {
-        for uri in uris {
+        let bytes = Bytes::from(record.encode_to_vec());
+        for uri in record.uris() {
             self.state
                 .assets
-                .put(&key(kind, uri, qualifiers)?, record.clone())
+                .put(&key(R::KIND, uri, record.qualifiers())?, bytes.clone())
                 .await
                 .map_err(from_store)?;
         }
@@ -259,18 +289,7 @@ impl asset::push_server::Push for Push {
         &self,
         request: Request<asset::PushBlobRequest>,
     ) -> Result<Response<asset::PushBlobResponse>, Status> {
-        let request = request.into_inner();
-        require_uris(&request.uris)?;
-        let function = digest_function(request.digest_function)?;
-        let blob = digest(function, request.blob_digest.as_ref())?;
-        self.state.require_push()?;
-        let mut blobs = digests(function, &request.references_blobs)?;
-        blobs.push(blob);
-        blobs.extend(digests(function, &request.references_directories)?);
-        self.require_present(&blobs).await?;
-        let record = Bytes::from(request.encode_to_vec());
-        self.store(BLOB, &request.uris, &request.qualifiers, record)
-            .await?;
+        self.accept(request.into_inner()).await?;
         Ok(Response::new(asset::PushBlobResponse {}))
     }
 
@@ -278,18 +297,7 @@ impl asset::push_server::Push for Push {
         &self,
         request: Request<asset::PushDirectoryRequest>,
     ) -> Result<Response<asset::PushDirectoryResponse>, Status> {
-        let request = request.into_inner();
-        require_uris(&request.uris)?;
-        let function = digest_function(request.digest_function)?;
-        let root = digest(function, request.root_directory_digest.as_ref())?;
-        self.state.require_push()?;
-        let mut blobs = digests(function, &request.references_blobs)?;
-        blobs.push(root);
-        blobs.extend(digests(function, &request.references_directories)?);
-        self.require_present(&blobs).await?;
-        let record = Bytes::from(request.encode_to_vec());
-        self.store(DIRECTORY, &request.uris, &request.qualifiers, record)
-            .await?;
+        self.accept(request.into_inner()).await?;
         Ok(Response::new(asset::PushDirectoryResponse {}))
     }
 }

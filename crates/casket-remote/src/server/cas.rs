@@ -8,8 +8,8 @@ use std::pin::Pin;
 use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
 use bazel_remote_apis::google::rpc;
 use bytes::Bytes;
-use casket_model::{Digest, Directory, Node};
-use casket_store::BlobStoreExt;
+use casket_model::Digest;
+use casket_store::{BlobStoreExt, NewBlob};
 use futures::{Stream, StreamExt};
 use prost::Message;
 use tonic::{Code, Request, Response, Status};
@@ -90,7 +90,7 @@ impl reapi::content_addressable_storage_server::ContentAddressableStorage for Ca
             )));
         }
         let mut responses = Vec::with_capacity(request.requests.len());
-        let mut verified = Vec::new();
+        let mut accepted = Vec::new();
         for blob in request.requests {
             let response = |status| reapi::batch_update_blobs_response::Response {
                 digest: blob.digest.clone(),
@@ -110,21 +110,29 @@ impl reapi::content_addressable_storage_server::ContentAddressableStorage for Ca
                 )));
                 continue;
             }
-            let actual = Digest::of(function, &blob.data);
-            if actual != declared {
-                let message =
-                    format!("content does not match its digest: declared {declared}, computed {actual}");
-                responses.push(response(rpc_status(Code::InvalidArgument, message)));
-                continue;
-            }
-            verified.push((responses.len(), Bytes::from(blob.data)));
+            accepted.push((
+                responses.len(),
+                NewBlob {
+                    data: Bytes::from(blob.data),
+                    expected: Some(declared),
+                },
+            ));
             responses.push(response(ok_status()));
         }
-        let (indices, data): (Vec<usize>, Vec<Bytes>) = verified.into_iter().unzip();
-        if let Err(e) = self.state.blobs.put_many(function, data).await {
-            let code = store_code(&e);
-            for i in indices {
-                responses[i].status = rpc_status(code, e.to_string());
+        // The store hashes each blob once and refuses those that do not match their digest.
+        let (indices, blobs): (Vec<usize>, Vec<NewBlob>) = accepted.into_iter().unzip();
+        match self.state.blobs.put_many(function, blobs).await {
+            Ok(results) => {
+                for (i, result) in indices.into_iter().zip(results) {
+                    if let Err(e) = result {
+                        responses[i].status = rpc_status(store_code(&e), e.to_string());
+                    }
+                }
+            }
+            Err(e) => {
+                for i in indices {
+                    responses[i].status = rpc_status(store_code(&e), e.to_string());
+                }
             }
         }
         Ok(Response::new(reapi::BatchUpdateBlobsResponse { responses }))
@@ -272,13 +280,14 @@ async fn tree_breadth_first(state: &ServerState, root: &Digest) -> Result<Vec<re
             };
             let proto = reapi::Directory::decode(bytes.as_ref())
                 .map_err(|e| Status::invalid_argument(format!("{digest} is not a Directory: {e}")))?;
-            if let Ok(directory) = Directory::decode(digest.function(), &bytes) {
-                for (_, node) in directory.entries() {
-                    if let Node::Directory(child) = node
-                        && seen.insert(*child)
-                    {
-                        level.push(*child);
-                    }
+            for child in &proto.directories {
+                if let Some(child) = child
+                    .digest
+                    .as_ref()
+                    .and_then(|d| Digest::from_proto(digest.function(), d).ok())
+                    && seen.insert(child)
+                {
+                    level.push(child);
                 }
             }
             out.push(proto);

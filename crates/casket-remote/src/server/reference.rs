@@ -41,21 +41,11 @@ impl reference_storage_server::ReferenceStorage for ReferenceStorage {
             .await
             .map_err(from_store)?
             .ok_or_else(|| Status::not_found(format!("no ref {name}")))?;
-        let tree = casket_tree::Tree::load(
-            self.state.blobs.as_ref(),
-            &root,
-            casket_tree::default_concurrency(),
-        )
-        .await
-        .map_err(|e| Status::not_found(format!("ref {name} is incomplete: {}", from_tree(e).message())))?;
-        if let Some((path, missing)) = tree
-            .first_missing_file(self.state.blobs.as_ref())
+        if let Some(problem) = casket_tree::Tree::problem(self.state.blobs.as_ref(), &root)
             .await
             .map_err(from_tree)?
         {
-            return Err(Status::not_found(format!(
-                "ref {name} is incomplete: {path} ({missing}) is missing"
-            )));
+            return Err(Status::not_found(format!("ref {name} is incomplete: {problem}")));
         }
         Ok(Response::new(GetReferenceResponse {
             digest: Some(root.to_proto()),

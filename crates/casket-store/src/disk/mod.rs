@@ -35,7 +35,7 @@ use tokio::io::AsyncReadExt;
 
 pub use maintenance::{ObjectInfo, ObjectScan};
 
-use crate::blob_store::{BlobStore, BlobStream, BlobWriter, ReadRange, Usage, reader_stream};
+use crate::blob_store::{BlobStore, BlobStream, BlobWriter, NewBlob, ReadRange, Usage, reader_stream};
 use crate::error::{IoContext, Result, StoreError, blocking};
 
 const MARKER_FILE: &str = "casket-store";
@@ -354,17 +354,17 @@ impl BlobStore for DiskStore {
         blocking(move || Ok(store.scan_objects()?.usage())).await
     }
 
-    async fn put_many(&self, function: DigestFunction, blobs: Vec<Bytes>) -> Result<Vec<Digest>> {
+    async fn put_many(&self, function: DigestFunction, blobs: Vec<NewBlob>) -> Result<Vec<Result<Digest>>> {
         let store = self.clone();
         blocking(move || {
-            blobs
+            Ok(blobs
                 .iter()
-                .map(|data| {
-                    let digest = Digest::of(function, data);
-                    store.store_if_absent(&digest, data)?;
+                .map(|blob| {
+                    let digest = blob.verify(function)?;
+                    store.store_if_absent(&digest, &blob.data)?;
                     Ok(digest)
                 })
-                .collect()
+                .collect())
         })
         .await
     }
