@@ -6,8 +6,8 @@ use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
 use bazel_remote_apis::google::bytestream::{self as bs, byte_stream_client::ByteStreamClient};
 use casket_model::{Digest, DigestFunction, Directory, EntryName, FileNode, Node, NodeProperties};
 use casket_remote::proto::buildstream::{self as bst, reference_storage_client::ReferenceStorageClient};
-use casket_remote::server::{MAX_BATCH_BYTES, ServerState, bind, serve};
-use casket_store::{BlobStoreExt, DiskOptions, DiskStore};
+use casket_remote::server::MAX_BATCH_BYTES;
+use casket_store::BlobStoreExt;
 use prost::Message;
 use reapi::action_cache_client::ActionCacheClient;
 use reapi::capabilities_client::CapabilitiesClient;
@@ -15,44 +15,9 @@ use reapi::content_addressable_storage_client::ContentAddressableStorageClient;
 use tonic::Code;
 use tonic::transport::Channel;
 
-/// A server on a free loopback port, stopped when dropped.
-struct Server {
-    _dir: tempfile::TempDir,
-    store: DiskStore,
-    channel: Channel,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-}
+mod common;
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
-}
-
-async fn start(allow_push: bool) -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let store = DiskStore::open(dir.path().join("store"), DiskOptions::default()).unwrap();
-    let state = ServerState::on_disk(&store, allow_push);
-    let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(serve(state, listener, async {
-        let _ = stopped.await;
-    }));
-    let channel = Channel::from_shared(format!("http://{address}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    Server {
-        _dir: dir,
-        store,
-        channel,
-        stop: Some(stop),
-    }
-}
+use common::{Server, start};
 
 fn sha(data: &[u8]) -> Digest {
     Digest::of(DigestFunction::Sha256, data)

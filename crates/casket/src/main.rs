@@ -3,6 +3,7 @@
 #![allow(clippy::print_stdout, unreachable_pub)]
 
 mod commands;
+mod config;
 mod progress;
 mod units;
 

@@ -5,25 +5,60 @@ use bytes::Bytes;
 use casket_model::{Digest, DigestFunction};
 use casket_store::{BlobStoreExt, DiskRecords};
 use prost::Message;
+use std::sync::Arc;
+
 use tonic::{Request, Response, Status};
 
-use super::{ServerState, digest, digest_function};
+use super::metrics::Lookup;
+use super::{Namespace, Shared, digest, digest_function};
 use crate::status::from_store;
 
 /// The ActionCache service.
 pub(crate) struct ActionCache {
-    state: ServerState,
+    shared: Arc<Shared>,
 }
 
 impl ActionCache {
-    pub(crate) fn new(state: ServerState) -> Self {
-        ActionCache { state }
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        ActionCache { shared }
+    }
+
+    /// The stored result for the requested action, if it and everything it references are
+    /// present (which the existence check also marks as used).
+    async fn complete_result(
+        &self,
+        request: &reapi::GetActionResultRequest,
+    ) -> Result<reapi::ActionResult, Status> {
+        let namespace = self.shared.namespace(&request.instance_name);
+        let function = digest_function(request.digest_function)?;
+        let action = digest(function, request.action_digest.as_ref())?;
+        let bytes = namespace
+            .action_cache
+            .get(&DiskRecords::action_key(&action))
+            .await
+            .map_err(from_store)?
+            .ok_or_else(|| Status::not_found(format!("no result for action {action}")))?;
+        let result = reapi::ActionResult::decode(bytes.as_ref())
+            .map_err(|e| Status::data_loss(format!("stored result for {action} is corrupt: {e}")))?;
+        let referenced = Self::referenced_blobs(namespace, function, &result).await?;
+        let missing = namespace
+            .blobs
+            .find_missing(&referenced)
+            .await
+            .map_err(from_store)?;
+        if let Some(first) = missing.first() {
+            return Err(Status::not_found(format!(
+                "result for action {action} references {} missing blobs, such as {first}",
+                missing.len()
+            )));
+        }
+        Ok(result)
     }
 
     /// Every blob `result` references: output files, stdout/stderr, output-directory Trees and
     /// the files inside them. Missing Trees are reported in the list too.
     async fn referenced_blobs(
-        &self,
+        namespace: &Namespace,
         function: DigestFunction,
         result: &reapi::ActionResult,
     ) -> Result<Vec<Digest>, Status> {
@@ -40,8 +75,7 @@ impl ActionCache {
         for dir in &result.output_directories {
             let tree_digest = digest(function, dir.tree_digest.as_ref())?;
             blobs.push(tree_digest);
-            let Some(bytes) = self
-                .state
+            let Some(bytes) = namespace
                 .blobs
                 .get_bytes(&tree_digest)
                 .await
@@ -70,45 +104,27 @@ impl reapi::action_cache_server::ActionCache for ActionCache {
         request: Request<reapi::GetActionResultRequest>,
     ) -> Result<Response<reapi::ActionResult>, Status> {
         let request = request.into_inner();
-        let function = digest_function(request.digest_function)?;
-        let action = digest(function, request.action_digest.as_ref())?;
-        let bytes = self
-            .state
-            .action_cache
-            .get(&DiskRecords::action_key(&action))
-            .await
-            .map_err(from_store)?
-            .ok_or_else(|| Status::not_found(format!("no result for action {action}")))?;
-        let result = reapi::ActionResult::decode(bytes.as_ref())
-            .map_err(|e| Status::data_loss(format!("stored result for {action} is corrupt: {e}")))?;
-        let referenced = self.referenced_blobs(function, &result).await?;
-        let missing = self
-            .state
-            .blobs
-            .find_missing(&referenced)
-            .await
-            .map_err(from_store)?;
-        if let Some(first) = missing.first() {
-            return Err(Status::not_found(format!(
-                "result for action {action} references {} missing blobs, such as {first}",
-                missing.len()
-            )));
-        }
-        Ok(Response::new(result))
+        let found = self.complete_result(&request).await;
+        self.shared.metrics.lookups(
+            Lookup::ActionResult,
+            u64::from(found.is_ok()),
+            u64::from(found.is_err()),
+        );
+        found.map(Response::new)
     }
 
     async fn update_action_result(
         &self,
         request: Request<reapi::UpdateActionResultRequest>,
     ) -> Result<Response<reapi::ActionResult>, Status> {
-        self.state.require_push()?;
         let request = request.into_inner();
         let function = digest_function(request.digest_function)?;
         let action = digest(function, request.action_digest.as_ref())?;
         let result = request
             .action_result
             .ok_or_else(|| Status::invalid_argument("an action result is required"))?;
-        self.state
+        self.shared
+            .namespace(&request.instance_name)
             .action_cache
             .put(
                 &DiskRecords::action_key(&action),

@@ -5,6 +5,7 @@
 //! if the content is still complete; BuildStream stores artifacts (blobs) and sources
 //! (directories) this way, and its start-up probes (empty requests) get INVALID_ARGUMENT.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use bazel_remote_apis::build::bazel::remote::asset::v1 as asset;
@@ -16,28 +17,29 @@ use casket_model::{Digest, DigestFunction};
 use prost::Message;
 use tonic::{Request, Response, Status};
 
-use super::{ServerState, digest, digest_function};
+use super::metrics::Lookup;
+use super::{Namespace, Shared, digest, digest_function};
 use crate::status::{from_store, from_tree};
 
 /// The Fetch service.
 pub(crate) struct Fetch {
-    state: ServerState,
+    shared: Arc<Shared>,
 }
 
 /// The Push service.
 pub(crate) struct Push {
-    state: ServerState,
+    shared: Arc<Shared>,
 }
 
 impl Fetch {
-    pub(crate) fn new(state: ServerState) -> Self {
-        Fetch { state }
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Fetch { shared }
     }
 }
 
 impl Push {
-    pub(crate) fn new(state: ServerState) -> Self {
-        Push { state }
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Push { shared }
     }
 }
 
@@ -89,6 +91,7 @@ trait AssetRecord: Message + Default {
     const KIND: &'static str;
     /// Whether the content is a directory tree (else a blob).
     const DIRECTORY: bool;
+    fn instance_name(&self) -> &str;
     fn uris(&self) -> &[String];
     fn qualifiers(&self) -> &[asset::Qualifier];
     fn digest_function(&self) -> i32;
@@ -103,6 +106,9 @@ macro_rules! asset_record {
         impl AssetRecord for $type {
             const KIND: &'static str = $kind;
             const DIRECTORY: bool = $directory;
+            fn instance_name(&self) -> &str {
+                &self.instance_name
+            }
             fn uris(&self) -> &[String] {
                 &self.uris
             }
@@ -161,14 +167,28 @@ impl Fetch {
     /// are all complete (checking them extends their lives), with its content digest.
     async fn find<R: AssetRecord>(
         &self,
+        instance: &str,
         uris: &[String],
         qualifiers: &[asset::Qualifier],
         function: DigestFunction,
     ) -> Result<(String, R, Digest), Status> {
         require_uris(uris)?;
+        let namespace = self.shared.namespace(instance);
+        let found = self.find_in::<R>(namespace, uris, qualifiers, function).await;
+        let metrics = &self.shared.metrics;
+        metrics.lookups(Lookup::Asset, u64::from(found.is_ok()), u64::from(found.is_err()));
+        found
+    }
+
+    async fn find_in<R: AssetRecord>(
+        &self,
+        namespace: &Namespace,
+        uris: &[String],
+        qualifiers: &[asset::Qualifier],
+        function: DigestFunction,
+    ) -> Result<(String, R, Digest), Status> {
         for uri in uris {
-            let Some(bytes) = self
-                .state
+            let Some(bytes) = namespace
                 .assets
                 .get(&key(R::KIND, uri, qualifiers)?)
                 .await
@@ -182,7 +202,7 @@ impl Fetch {
                 continue;
             }
             let (content, blobs, directories) = needs(&record, function)?;
-            if self.complete(&blobs, &directories).await? {
+            if complete(namespace, &blobs, &directories).await? {
                 return Ok((uri.clone(), record, content));
             }
         }
@@ -190,29 +210,29 @@ impl Fetch {
             "no complete asset for these URIs and qualifiers",
         ))
     }
+}
 
-    async fn complete(&self, blobs: &[Digest], directories: &[Digest]) -> Result<bool, Status> {
-        if !self
-            .state
-            .blobs
-            .find_missing(blobs)
+/// Whether every blob and every tree is complete in `namespace` (checking extends their lives).
+async fn complete(namespace: &Namespace, blobs: &[Digest], directories: &[Digest]) -> Result<bool, Status> {
+    if !namespace
+        .blobs
+        .find_missing(blobs)
+        .await
+        .map_err(from_store)?
+        .is_empty()
+    {
+        return Ok(false);
+    }
+    for root in directories {
+        if casket_tree::Tree::problem(namespace.blobs.as_ref(), root)
             .await
-            .map_err(from_store)?
-            .is_empty()
+            .map_err(from_tree)?
+            .is_some()
         {
             return Ok(false);
         }
-        for root in directories {
-            if casket_tree::Tree::problem(self.state.blobs.as_ref(), root)
-                .await
-                .map_err(from_tree)?
-                .is_some()
-            {
-                return Ok(false);
-            }
-        }
-        Ok(true)
     }
+    Ok(true)
 }
 
 #[tonic::async_trait]
@@ -224,7 +244,12 @@ impl asset::fetch_server::Fetch for Fetch {
         let request = request.into_inner();
         let function = digest_function(request.digest_function)?;
         let (uri, record, blob) = self
-            .find::<asset::PushBlobRequest>(&request.uris, &request.qualifiers, function)
+            .find::<asset::PushBlobRequest>(
+                &request.instance_name,
+                &request.uris,
+                &request.qualifiers,
+                function,
+            )
             .await?;
         Ok(Response::new(asset::FetchBlobResponse {
             status: ok_status(),
@@ -243,7 +268,12 @@ impl asset::fetch_server::Fetch for Fetch {
         let request = request.into_inner();
         let function = digest_function(request.digest_function)?;
         let (uri, record, root) = self
-            .find::<asset::PushDirectoryRequest>(&request.uris, &request.qualifiers, function)
+            .find::<asset::PushDirectoryRequest>(
+                &request.instance_name,
+                &request.uris,
+                &request.qualifiers,
+                function,
+            )
             .await?;
         Ok(Response::new(asset::FetchDirectoryResponse {
             status: ok_status(),
@@ -263,9 +293,9 @@ impl Push {
         require_uris(record.uris())?;
         let function = digest_function(record.digest_function())?;
         let (_, mut needed, directories) = needs(&record, function)?;
-        self.state.require_push()?;
         needed.extend(directories);
-        let missing = self.state.blobs.find_missing(&needed).await.map_err(from_store)?;
+        let namespace = self.shared.namespace(record.instance_name());
+        let missing = namespace.blobs.find_missing(&needed).await.map_err(from_store)?;
         if let Some(first) = missing.first() {
             return Err(Status::failed_precondition(format!(
                 "{first} is not in the CAS: upload it first"
@@ -273,7 +303,7 @@ impl Push {
         }
         let bytes = Bytes::from(record.encode_to_vec());
         for uri in record.uris() {
-            self.state
+            namespace
                 .assets
                 .put(&key(R::KIND, uri, record.qualifiers())?, bytes.clone())
                 .await

@@ -1,5 +1,10 @@
 //! `ByteStream`: streamed reads with offset and limit, verified streamed writes that can be
-//! resumed, and QueryWriteStatus reporting what was really committed.
+//! resumed, QueryWriteStatus reporting what was really committed, and all of it in zstd
+//! through `compressed-blobs/zstd/` names.
+//!
+//! Offsets of compressed transfers follow the spec: a read's `read_offset` is in uncompressed
+//! bytes (and `read_limit` must be 0); a write's offsets count compressed bytes received, and
+//! an upload of a blob that is already stored ends at once with `committed_size` -1.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -10,44 +15,104 @@ use bazel_remote_apis::google::bytestream::{
     WriteResponse, byte_stream_server,
 };
 use bytes::Bytes;
-use casket_store::{BlobStoreExt, BlobWriter, ReadRange};
+use casket_store::{BlobStoreExt, BlobStream, BlobWriter, ReadRange};
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::ServerState;
+use super::metrics::Lookup;
+use super::{Reservation, Shared};
+use crate::compression::{SEND_LEVEL, ZstdDecoder, ZstdEncoder};
 use crate::resource_name::ResourceName;
 use crate::status::from_store;
 
 /// Interrupted uploads kept for resumption; beyond this, new interruptions are not kept.
 const MAX_PARKED_UPLOADS: usize = 1024;
 
+/// An upload in progress (or interrupted, and kept for resumption).
+struct Upload {
+    writer: Box<dyn BlobWriter>,
+    /// Set for compressed uploads.
+    decoder: Option<ZstdDecoder>,
+    /// Bytes received on the wire: what the next `write_offset` must be.
+    received: u64,
+    /// Room held in the quota until the upload ends.
+    _reservation: Option<Reservation>,
+}
+
+impl Upload {
+    /// Stores the next received bytes.
+    async fn write(&mut self, data: Bytes) -> Result<(), Status> {
+        self.received += data.len() as u64;
+        match &mut self.decoder {
+            None => self.writer.write(data).await.map_err(from_store),
+            Some(decoder) => {
+                decoder.feed(data);
+                while let Some(piece) = decoder.next_piece().map_err(invalid)? {
+                    self.writer.write(piece).await.map_err(from_store)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Verifies and stores the blob; returns the `committed_size` to report.
+    async fn commit(self) -> Result<u64, Status> {
+        if let Some(decoder) = &self.decoder {
+            decoder.finish().map_err(invalid)?;
+        }
+        self.writer.commit().await.map_err(from_store)?;
+        Ok(self.received)
+    }
+}
+
 /// The ByteStream service.
 pub(crate) struct ByteStream {
-    state: ServerState,
+    shared: Arc<Shared>,
     /// Uploads whose stream ended before `finish_write`, by resource name, for resumption.
-    parked: Arc<Mutex<HashMap<String, Box<dyn BlobWriter>>>>,
+    parked: Arc<Mutex<HashMap<String, Upload>>>,
 }
 
 impl ByteStream {
-    pub(crate) fn new(state: ServerState) -> Self {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
         ByteStream {
-            state,
+            shared,
             parked: Arc::default(),
         }
     }
 
-    fn take_parked(&self, name: &str) -> Option<Box<dyn BlobWriter>> {
+    fn take_parked(&self, name: &str) -> Option<Upload> {
         self.parked
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(name)
     }
 
-    fn park(&self, name: String, writer: Box<dyn BlobWriter>) {
+    fn park(&self, name: String, upload: Upload) {
         let mut parked = self.parked.lock().unwrap_or_else(PoisonError::into_inner);
         if parked.len() < MAX_PARKED_UPLOADS {
-            parked.insert(name, writer);
+            parked.insert(name, upload);
         }
+    }
+
+    /// A new upload of `name`, with room reserved for it.
+    async fn start_upload(&self, name: &ResourceName) -> Result<Upload, Status> {
+        let namespace = self.shared.namespace(&name.instance);
+        let reservation = namespace.reserve(name.digest.size()).await?;
+        let writer = namespace
+            .blobs
+            .begin_write(&name.digest)
+            .await
+            .map_err(from_store)?;
+        let decoder = match name.compressor {
+            Some(_) => Some(ZstdDecoder::new(name.digest.size()).map_err(invalid)?),
+            None => None,
+        };
+        Ok(Upload {
+            writer,
+            decoder,
+            received: 0,
+            _reservation: reservation,
+        })
     }
 }
 
@@ -55,9 +120,30 @@ fn invalid(e: impl std::fmt::Display) -> Status {
     Status::invalid_argument(e.to_string())
 }
 
-fn committed(size: u64) -> Response<WriteResponse> {
-    Response::new(WriteResponse {
-        committed_size: size as i64,
+fn committed(size: i64) -> Response<WriteResponse> {
+    Response::new(WriteResponse { committed_size: size })
+}
+
+/// `chunks` compressed into one zstd frame, piece by piece.
+fn compress(chunks: BlobStream) -> impl Stream<Item = Result<Bytes, Status>> {
+    let encoder = ZstdEncoder::new(SEND_LEVEL).map_err(|e| Status::internal(e.to_string()));
+    futures::stream::unfold((chunks, Some(encoder)), |(mut chunks, encoder)| async move {
+        let mut encoder = match encoder? {
+            Ok(encoder) => encoder,
+            Err(status) => return Some((Err(status), (chunks, None))),
+        };
+        let internal = |e: std::io::Error| Status::internal(format!("zstd: {e}"));
+        loop {
+            match chunks.next().await {
+                Some(Ok(chunk)) => match encoder.compress(&chunk) {
+                    Ok(out) if out.is_empty() => continue,
+                    Ok(out) => return Some((Ok(out), (chunks, Some(Ok(encoder))))),
+                    Err(e) => return Some((Err(internal(e)), (chunks, None))),
+                },
+                Some(Err(e)) => return Some((Err(from_store(e)), (chunks, None))),
+                None => return Some((encoder.finish().map_err(internal), (chunks, None))),
+            }
+        }
     })
 }
 
@@ -70,30 +156,39 @@ impl byte_stream_server::ByteStream for ByteStream {
     async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadStream>, Status> {
         let request = request.into_inner();
         let name = ResourceName::parse_read(&request.resource_name).map_err(invalid)?;
-        if name.compressor.is_some() {
-            return Err(Status::unimplemented("compressed reads are not supported"));
-        }
         let offset = u64::try_from(request.read_offset)
             .map_err(|_| Status::out_of_range(format!("negative read_offset {}", request.read_offset)))?;
         let limit = u64::try_from(request.read_limit)
             .map_err(|_| Status::out_of_range(format!("negative read_limit {}", request.read_limit)))?;
+        if name.compressor.is_some() && limit > 0 {
+            return Err(Status::invalid_argument(
+                "a compressed read cannot have a read_limit",
+            ));
+        }
         let range = ReadRange {
             offset,
             limit: (limit > 0).then_some(limit),
         };
-        let stream = self
-            .state
+        let found = self
+            .shared
+            .namespace(&name.instance)
             .blobs
             .read(&name.digest, range)
             .await
-            .map_err(from_store)?
-            .ok_or_else(|| Status::not_found(format!("blob {} not found", name.digest)))?;
-        let responses = stream.map(|chunk| {
-            chunk
-                .map(|data| ReadResponse { data: data.to_vec() })
-                .map_err(from_store)
-        });
-        Ok(Response::new(Box::pin(responses)))
+            .map_err(from_store)?;
+        self.shared.metrics.lookups(
+            Lookup::Blob,
+            u64::from(found.is_some()),
+            u64::from(found.is_none()),
+        );
+        let chunks = found.ok_or_else(|| Status::not_found(format!("blob {} not found", name.digest)))?;
+        let data: Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send>> = match name.compressor {
+            Some(_) => Box::pin(compress(chunks)),
+            None => Box::pin(chunks.map(|chunk| chunk.map_err(from_store))),
+        };
+        Ok(Response::new(Box::pin(data.map(|chunk| {
+            chunk.map(|data| ReadResponse { data: data.to_vec() })
+        }))))
     }
 
     async fn write(
@@ -107,20 +202,19 @@ impl byte_stream_server::ByteStream for ByteStream {
             .ok_or_else(|| Status::invalid_argument("an empty write stream"))?;
         let resource = message.resource_name.clone();
         let name = ResourceName::parse_write(&resource).map_err(invalid)?;
-        self.state.require_push()?;
-        if name.compressor.is_some() {
-            return Err(Status::unimplemented("compressed writes are not supported"));
+        let blobs = &self.shared.namespace(&name.instance).blobs;
+        // Already stored: answer at once, without reading the rest.
+        if message.write_offset == 0 && blobs.contains(&name.digest).await.map_err(from_store)? {
+            let size = if name.compressor.is_some() {
+                -1
+            } else {
+                name.digest.size() as i64
+            };
+            return Ok(committed(size));
         }
-        let digest = name.digest;
-        // Already stored: answer at once with the full size, without reading the rest.
-        if message.write_offset == 0 && self.state.blobs.contains(&digest).await.map_err(from_store)? {
-            return Ok(committed(digest.size()));
-        }
-        let mut writer = match self.take_parked(&resource) {
-            Some(writer) if writer.written() as i64 == message.write_offset => writer,
-            _ if message.write_offset == 0 => {
-                self.state.blobs.begin_write(&digest).await.map_err(from_store)?
-            }
+        let mut upload = match self.take_parked(&resource) {
+            Some(upload) if upload.received as i64 == message.write_offset => upload,
+            _ if message.write_offset == 0 => self.start_upload(&name).await?,
             _ => {
                 return Err(Status::invalid_argument(format!(
                     "write_offset {} does not continue an interrupted upload of {resource}",
@@ -129,11 +223,10 @@ impl byte_stream_server::ByteStream for ByteStream {
             }
         };
         loop {
-            if message.write_offset != writer.written() as i64 {
+            if message.write_offset != upload.received as i64 {
                 return Err(Status::invalid_argument(format!(
-                    "write_offset {} but {} bytes were committed",
-                    message.write_offset,
-                    writer.written()
+                    "write_offset {} but {} bytes were received",
+                    message.write_offset, upload.received
                 )));
             }
             if !message.resource_name.is_empty() && message.resource_name != resource {
@@ -142,24 +235,21 @@ impl byte_stream_server::ByteStream for ByteStream {
                 ));
             }
             if !message.data.is_empty() {
-                writer
-                    .write(Bytes::from(message.data))
-                    .await
-                    .map_err(from_store)?;
+                upload.write(Bytes::from(message.data)).await?;
             }
             if message.finish_write {
-                writer.commit().await.map_err(from_store)?;
-                return Ok(committed(digest.size()));
+                let received = upload.commit().await?;
+                return Ok(committed(received as i64));
             }
             match requests.message().await {
                 Ok(Some(next)) => message = next,
                 Ok(None) => {
-                    let written = writer.written();
-                    self.park(resource, writer);
-                    return Ok(committed(written));
+                    let received = upload.received;
+                    self.park(resource, upload);
+                    return Ok(committed(received as i64));
                 }
                 Err(status) => {
-                    self.park(resource, writer);
+                    self.park(resource, upload);
                     return Err(status);
                 }
             }
@@ -173,7 +263,8 @@ impl byte_stream_server::ByteStream for ByteStream {
         let resource = request.into_inner().resource_name;
         let name = ResourceName::parse_write(&resource).map_err(invalid)?;
         if self
-            .state
+            .shared
+            .namespace(&name.instance)
             .blobs
             .contains(&name.digest)
             .await
@@ -186,8 +277,8 @@ impl byte_stream_server::ByteStream for ByteStream {
         }
         let parked = self.parked.lock().unwrap_or_else(PoisonError::into_inner);
         match parked.get(&resource) {
-            Some(writer) => Ok(Response::new(QueryWriteStatusResponse {
-                committed_size: writer.written() as i64,
+            Some(upload) => Ok(Response::new(QueryWriteStatusResponse {
+                committed_size: upload.received as i64,
                 complete: false,
             })),
             None => Err(Status::not_found(format!("no upload in progress for {resource}"))),

@@ -5,18 +5,11 @@ use bazel_remote_apis::build::bazel::semver::SemVer;
 use casket_model::DigestFunction;
 use tonic::{Request, Response, Status};
 
-use super::{MAX_BATCH_BYTES, ServerState};
+use super::MAX_BATCH_BYTES;
+use super::access::{Access, caller_access};
 
 /// The Capabilities service.
-pub(crate) struct Capabilities {
-    state: ServerState,
-}
-
-impl Capabilities {
-    pub(crate) fn new(state: ServerState) -> Self {
-        Capabilities { state }
-    }
-}
+pub(crate) struct Capabilities;
 
 fn version(minor: i32) -> Option<SemVer> {
     Some(SemVer {
@@ -31,12 +24,13 @@ fn version(minor: i32) -> Option<SemVer> {
 impl reapi::capabilities_server::Capabilities for Capabilities {
     async fn get_capabilities(
         &self,
-        _request: Request<reapi::GetCapabilitiesRequest>,
+        request: Request<reapi::GetCapabilitiesRequest>,
     ) -> Result<Response<reapi::ServerCapabilities>, Status> {
         let cache = reapi::CacheCapabilities {
             digest_functions: DigestFunction::ALL.iter().map(|f| f.to_proto() as i32).collect(),
+            // Per caller: a read-only caller is told it may not update.
             action_cache_update_capabilities: Some(reapi::ActionCacheUpdateCapabilities {
-                update_enabled: self.state.allow_push,
+                update_enabled: caller_access(&request) == Access::Write,
             }),
             max_batch_total_size_bytes: MAX_BATCH_BYTES as i64,
             symlink_absolute_path_strategy: reapi::symlink_absolute_path_strategy::Value::Allowed as i32,

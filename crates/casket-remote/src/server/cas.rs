@@ -4,6 +4,7 @@
 
 use std::collections::HashSet;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
 use bazel_remote_apis::google::rpc;
@@ -14,7 +15,8 @@ use futures::{Stream, StreamExt};
 use prost::Message;
 use tonic::{Code, Request, Response, Status};
 
-use super::{MAX_BATCH_BYTES, MAX_MESSAGE_BYTES, ServerState, digest, digest_function};
+use super::metrics::Lookup;
+use super::{MAX_BATCH_BYTES, MAX_MESSAGE_BYTES, Namespace, Shared, digest, digest_function};
 use crate::status::{from_store, store_code};
 
 /// Blobs read at once for one BatchReadBlobs.
@@ -25,12 +27,12 @@ const TREE_PAGE: usize = 4096;
 
 /// The ContentAddressableStorage service.
 pub(crate) struct Cas {
-    state: ServerState,
+    shared: Arc<Shared>,
 }
 
 impl Cas {
-    pub(crate) fn new(state: ServerState) -> Self {
-        Cas { state }
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Cas { shared }
     }
 }
 
@@ -63,11 +65,18 @@ impl reapi::content_addressable_storage_server::ContentAddressableStorage for Ca
             .map(|d| digest(function, Some(d)))
             .collect::<Result<Vec<_>, _>>()?;
         let missing = self
-            .state
+            .shared
+            .namespace(&request.instance_name)
             .blobs
             .find_missing(&digests)
             .await
             .map_err(from_store)?;
+        let metrics = &self.shared.metrics;
+        metrics.lookups(
+            Lookup::Blob,
+            (digests.len() - missing.len()) as u64,
+            missing.len() as u64,
+        );
         Ok(Response::new(reapi::FindMissingBlobsResponse {
             missing_blob_digests: missing.iter().map(Digest::to_proto).collect(),
         }))
@@ -81,7 +90,6 @@ impl reapi::content_addressable_storage_server::ContentAddressableStorage for Ca
         if request.requests.is_empty() {
             return Ok(Response::new(reapi::BatchUpdateBlobsResponse::default()));
         }
-        self.state.require_push()?;
         let function = digest_function(request.digest_function)?;
         let total: u64 = request.requests.iter().map(|r| r.data.len() as u64).sum();
         if total > MAX_BATCH_BYTES {
@@ -89,6 +97,22 @@ impl reapi::content_addressable_storage_server::ContentAddressableStorage for Ca
                 "batch of {total} bytes exceeds max_batch_total_size_bytes {MAX_BATCH_BYTES}"
             )));
         }
+        let namespace = self.shared.namespace(&request.instance_name);
+        // Out of room: every blob gets RESOURCE_EXHAUSTED, as the spec asks, and none is stored.
+        let _reservation = match namespace.reserve(total).await {
+            Ok(reservation) => reservation,
+            Err(status) => {
+                let responses = request
+                    .requests
+                    .into_iter()
+                    .map(|blob| reapi::batch_update_blobs_response::Response {
+                        digest: blob.digest,
+                        status: rpc_status(status.code(), status.message()),
+                    })
+                    .collect();
+                return Ok(Response::new(reapi::BatchUpdateBlobsResponse { responses }));
+            }
+        };
         let mut responses = Vec::with_capacity(request.requests.len());
         let mut accepted = Vec::new();
         for blob in request.requests {
@@ -121,7 +145,7 @@ impl reapi::content_addressable_storage_server::ContentAddressableStorage for Ca
         }
         // The store hashes each blob once and refuses those that do not match their digest.
         let (indices, blobs): (Vec<usize>, Vec<NewBlob>) = accepted.into_iter().unzip();
-        match self.state.blobs.put_many(function, blobs).await {
+        match namespace.blobs.put_many(function, blobs).await {
             Ok(results) => {
                 for (i, result) in indices.into_iter().zip(results) {
                     if let Err(e) = result {
@@ -154,30 +178,38 @@ impl reapi::content_addressable_storage_server::ContentAddressableStorage for Ca
                 "batch of {total} bytes exceeds max_batch_total_size_bytes {MAX_BATCH_BYTES}"
             )));
         }
-        let blobs = &self.state.blobs;
-        let responses = futures::stream::iter(request.digests)
-            .map(|wire| async move {
-                let mut response = reapi::batch_read_blobs_response::Response {
-                    digest: Some(wire.clone()),
-                    ..Default::default()
-                };
-                let read = match digest(function, Some(&wire)) {
-                    Ok(d) => blobs.get_bytes(&d).await.map_err(from_store),
-                    Err(e) => Err(e),
-                };
-                response.status = match read {
-                    Ok(Some(data)) => {
-                        response.data = data.to_vec();
-                        ok_status()
-                    }
-                    Ok(None) => rpc_status(Code::NotFound, "blob not found"),
-                    Err(e) => rpc_status(e.code(), e.message()),
-                };
-                response
-            })
-            .buffered(READ_CONCURRENCY)
-            .collect()
-            .await;
+        let blobs = &self.shared.namespace(&request.instance_name).blobs;
+        let responses: Vec<reapi::batch_read_blobs_response::Response> =
+            futures::stream::iter(request.digests)
+                .map(|wire| async move {
+                    let mut response = reapi::batch_read_blobs_response::Response {
+                        digest: Some(wire.clone()),
+                        ..Default::default()
+                    };
+                    let read = match digest(function, Some(&wire)) {
+                        Ok(d) => blobs.get_bytes(&d).await.map_err(from_store),
+                        Err(e) => Err(e),
+                    };
+                    response.status = match read {
+                        Ok(Some(data)) => {
+                            response.data = data.to_vec();
+                            ok_status()
+                        }
+                        Ok(None) => rpc_status(Code::NotFound, "blob not found"),
+                        Err(e) => rpc_status(e.code(), e.message()),
+                    };
+                    response
+                })
+                .buffered(READ_CONCURRENCY)
+                .collect()
+                .await;
+        let found = responses
+            .iter()
+            .filter(|r| r.status.as_ref().is_some_and(|s| s.code == 0))
+            .count();
+        self.shared
+            .metrics
+            .lookups(Lookup::Blob, found as u64, (responses.len() - found) as u64);
         Ok(Response::new(reapi::BatchReadBlobsResponse { responses }))
     }
 
@@ -197,7 +229,7 @@ impl reapi::content_addressable_storage_server::ContentAddressableStorage for Ca
                 .map_err(|_| Status::invalid_argument(format!("invalid page token {token:?}")))?,
         };
         let page_size = usize::try_from(request.page_size).unwrap_or(0);
-        let directories = tree_breadth_first(&self.state, &root).await?;
+        let directories = tree_breadth_first(self.shared.namespace(&request.instance_name), &root).await?;
         let end = match page_size {
             0 => directories.len(),
             n => directories.len().min(start.saturating_add(n)),
@@ -260,13 +292,13 @@ impl reapi::content_addressable_storage_server::ContentAddressableStorage for Ca
 
 /// Every directory of the tree under `root` that the store has, breadth first, each once.
 /// NOT_FOUND only when the root itself is missing; parts of a partial tree are returned.
-async fn tree_breadth_first(state: &ServerState, root: &Digest) -> Result<Vec<reapi::Directory>, Status> {
+async fn tree_breadth_first(namespace: &Namespace, root: &Digest) -> Result<Vec<reapi::Directory>, Status> {
     let mut seen = HashSet::from([*root]);
     let mut out = Vec::new();
     let mut level = vec![*root];
     while !level.is_empty() {
         let fetched: Vec<(Digest, Option<Bytes>)> = futures::stream::iter(level)
-            .map(|d| async move { (d, state.blobs.get_bytes(&d).await.ok().flatten()) })
+            .map(|d| async move { (d, namespace.blobs.get_bytes(&d).await.ok().flatten()) })
             .buffered(READ_CONCURRENCY)
             .collect()
             .await;

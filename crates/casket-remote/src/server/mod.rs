@@ -1,16 +1,21 @@
-//! `casket serve`: the gRPC services over one shared [`ServerState`].
+//! `casket serve`: the gRPC services over shared [`Namespaces`], behind access and metrics layers.
 //!
 //! Each service module only translates between the protocol and the store: decode, validate,
 //! call the store, encode. Limits are constants here, so that Capabilities advertises exactly
 //! what the server enforces.
 
+mod access;
 mod action_cache;
 mod asset;
 mod bytestream;
 mod capabilities;
 mod cas;
+mod metrics;
+mod monitoring;
+mod quota;
 mod reference;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -25,6 +30,15 @@ use reapi::capabilities_server::CapabilitiesServer;
 use reapi::content_addressable_storage_server::ContentAddressableStorageServer;
 use tokio::net::TcpListener;
 use tonic::Status;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+
+pub use access::{Access, AccessPolicy, TokenFileError};
+pub use metrics::Metrics;
+pub use monitoring::serve_monitoring;
+pub use quota::{Quota, QuotaOptions, Reservation};
+
+use access::AccessLayer;
+use metrics::MetricsLayer;
 
 use crate::proto::buildstream::reference_storage_server::ReferenceStorageServer;
 
@@ -38,9 +52,9 @@ pub const MAX_BATCH_BYTES: u64 = (MAX_MESSAGE_BYTES / 2) as u64;
 /// Bytes per ByteStream ReadResponse.
 pub const READ_CHUNK_BYTES: usize = 1 << 20;
 
-/// What every service shares.
+/// The stores behind one namespace. Instance names map to namespaces (see [`Namespaces`]).
 #[derive(Clone, Debug)]
-pub struct ServerState {
+pub struct Namespace {
     /// The content-addressable store.
     pub blobs: Arc<dyn BlobStore>,
     /// BuildStream refs.
@@ -49,35 +63,108 @@ pub struct ServerState {
     pub action_cache: DiskRecords,
     /// Remote Asset entries.
     pub assets: DiskRecords,
-    /// Whether clients may write (blobs, action results, refs, assets).
-    pub allow_push: bool,
-    /// Whether to offer the Remote Asset API. BuildStream 1 uses it instead of ReferenceStorage
-    /// when it is there; BuildStream 2 needs it.
-    pub remote_asset: bool,
+    /// The store's quota and exact usage, for disk stores: every write reserves its space
+    /// here first.
+    pub quota: Option<Arc<Quota>>,
+    /// What the store is, for `/status` (its directory, for a disk store).
+    pub description: String,
 }
 
-impl ServerState {
-    /// Serves `store`, with its refs, action results and assets beside it.
-    pub fn on_disk(store: &DiskStore, allow_push: bool) -> Self {
-        ServerState {
+impl Namespace {
+    /// Serves `store`, with its refs, action results and assets beside it, and no quota.
+    pub fn on_disk(store: &DiskStore) -> Self {
+        Namespace {
             blobs: Arc::new(store.clone()),
             refs: DiskRefs::new(store),
             action_cache: DiskRecords::new(store, "ac"),
             assets: DiskRecords::new(store, "assets"),
-            allow_push,
-            remote_asset: true,
+            quota: None,
+            description: store.root().display().to_string(),
         }
     }
 
-    /// Refuses a write when pushing is not allowed. Nothing is stored after a refusal.
-    pub(crate) fn require_push(&self) -> Result<(), Status> {
-        if self.allow_push {
-            Ok(())
-        } else {
-            Err(Status::permission_denied(
-                "this server is read-only for this client (start it with --allow-push)",
-            ))
+    /// Reserves room for `bytes` of new blob data, evicting if the quota needs it; the
+    /// reservation lasts until the returned guard is dropped (after the write).
+    pub(crate) async fn reserve(&self, bytes: u64) -> Result<Option<Reservation>, Status> {
+        match &self.quota {
+            Some(quota) => quota.reserve(bytes).await.map(Some),
+            None => Ok(None),
         }
+    }
+}
+
+/// Which namespace serves each instance name: the named ones from the configuration, and the
+/// default one for every other instance name (including the empty one).
+#[derive(Clone, Debug)]
+pub struct Namespaces {
+    default: Namespace,
+    by_instance: HashMap<String, Namespace>,
+}
+
+impl Namespaces {
+    /// Every instance name served by `default`.
+    pub fn new(default: Namespace) -> Self {
+        Namespaces {
+            default,
+            by_instance: HashMap::new(),
+        }
+    }
+
+    /// Serves `instance` from `namespace` instead of the default one.
+    pub fn insert(&mut self, instance: impl Into<String>, namespace: Namespace) {
+        self.by_instance.insert(instance.into(), namespace);
+    }
+
+    /// The namespace serving `instance`.
+    pub(crate) fn get(&self, instance: &str) -> &Namespace {
+        self.by_instance.get(instance).unwrap_or(&self.default)
+    }
+
+    /// Every namespace, the default one first, with the instance name it serves (`None` for
+    /// the default).
+    pub(crate) fn all(&self) -> impl Iterator<Item = (Option<&str>, &Namespace)> {
+        std::iter::once((None, &self.default))
+            .chain(self.by_instance.iter().map(|(k, v)| (Some(k.as_str()), v)))
+    }
+}
+
+/// Server certificate and, optionally, client-certificate verification (mTLS).
+#[derive(Clone, Debug)]
+pub struct TlsOptions {
+    /// The server's certificate chain, PEM.
+    pub certificate: Vec<u8>,
+    /// The server's private key, PEM.
+    pub key: Vec<u8>,
+    /// CA certificates (PEM) that client certificates are verified against; a verified
+    /// client certificate grants [`AccessPolicy::client_certificate`] rights.
+    pub client_ca: Option<Vec<u8>>,
+    /// Refuse connections without a verified client certificate.
+    pub require_client_certificate: bool,
+}
+
+/// How the server behaves, beyond what it serves.
+#[derive(Clone, Debug, Default)]
+pub struct ServerOptions {
+    /// Who may read and write.
+    pub access: AccessPolicy,
+    /// TLS; plain HTTP/2 when absent.
+    pub tls: Option<TlsOptions>,
+    /// Whether to offer the Remote Asset API. BuildStream 1 uses it instead of
+    /// ReferenceStorage when it is there; BuildStream 2 needs it.
+    pub remote_asset: bool,
+}
+
+/// What every service shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) namespaces: Arc<Namespaces>,
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+impl Shared {
+    /// The namespace serving `instance`.
+    pub(crate) fn namespace(&self, instance: &str) -> &Namespace {
+        self.namespaces.get(instance)
     }
 }
 
@@ -93,49 +180,82 @@ pub(crate) fn digest(function: DigestFunction, d: Option<&reapi::Digest>) -> Res
     Digest::from_proto(function, d).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
-/// Serves every service on `listener` until `shutdown` completes.
+/// A TLS configuration error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The TLS configuration was refused.
+    #[error("TLS configuration: {0}")]
+    Tls(#[source] tonic::transport::Error),
+    /// The server failed.
+    #[error(transparent)]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves every service on `listener` until `shutdown` completes, with `metrics` counting
+/// every request.
 pub async fn serve(
-    state: ServerState,
+    namespaces: Arc<Namespaces>,
+    options: ServerOptions,
+    metrics: Arc<Metrics>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<(), ServeError> {
+    let shared = Arc::new(Shared {
+        namespaces,
+        metrics: metrics.clone(),
+    });
     let (_health_reporter, health) = tonic_health::server::health_reporter();
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &options.tls {
+        builder = builder.tls_config(tls_config(tls)).map_err(ServeError::Tls)?;
+    }
+    builder
+        .layer(MetricsLayer::new(metrics))
+        .layer(AccessLayer::new(options.access))
         .add_service(health)
-        .add_service(CapabilitiesServer::new(capabilities::Capabilities::new(
-            state.clone(),
-        )))
+        .add_service(CapabilitiesServer::new(capabilities::Capabilities))
         .add_service(
-            ContentAddressableStorageServer::new(cas::Cas::new(state.clone()))
+            ContentAddressableStorageServer::new(cas::Cas::new(shared.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(
-            ByteStreamServer::new(bytestream::ByteStream::new(state.clone()))
+            ByteStreamServer::new(bytestream::ByteStream::new(shared.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(
-            ActionCacheServer::new(action_cache::ActionCache::new(state.clone()))
+            ActionCacheServer::new(action_cache::ActionCache::new(shared.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_optional_service(
-            state
+            options
                 .remote_asset
-                .then(|| FetchServer::new(asset::Fetch::new(state.clone()))),
+                .then(|| FetchServer::new(asset::Fetch::new(shared.clone()))),
         )
         .add_optional_service(
-            state
+            options
                 .remote_asset
-                .then(|| PushServer::new(asset::Push::new(state.clone()))),
+                .then(|| PushServer::new(asset::Push::new(shared.clone()))),
         )
         .add_service(ReferenceStorageServer::new(reference::ReferenceStorage::new(
-            state,
+            shared,
         )))
         .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
+        .await?;
+    Ok(())
+}
+
+fn tls_config(tls: &TlsOptions) -> ServerTlsConfig {
+    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(&tls.certificate, &tls.key));
+    if let Some(ca) = &tls.client_ca {
+        config = config
+            .client_ca_root(Certificate::from_pem(ca))
+            .client_auth_optional(!tls.require_client_certificate);
+    }
+    config
 }
 
 /// Binds `addr` (port 0 picks a free port) without `SO_REUSEPORT`, so two servers can never

@@ -17,6 +17,7 @@
 //! partial object, a crash leaves nothing, and concurrent writers of one blob (threads or
 //! processes) race harmlessly: the first link wins and the others find it there.
 
+mod accounting;
 mod ingest;
 mod maintenance;
 mod temp;
@@ -25,6 +26,7 @@ mod writer;
 use std::fs::{self, File};
 use std::io::{self, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -65,6 +67,8 @@ pub struct DiskStore {
     options: DiskOptions,
     /// Whether reads and existence checks count as use (the LRU clock).
     touch: bool,
+    /// Usage totals, when tracked (shared by clones).
+    accounting: Arc<accounting::Accounting>,
 }
 
 impl DiskStore {
@@ -77,6 +81,7 @@ impl DiskStore {
             root,
             options,
             touch: true,
+            accounting: Arc::default(),
         };
         let marker = store.root.join(MARKER_FILE);
         match fs::read_to_string(&marker) {
@@ -193,7 +198,7 @@ impl DiskStore {
         rustix::fs::fchmod(&temp.file, rustix::fs::Mode::from_raw_mode(0o555))
             .map_err(io::Error::from)
             .io_context("chmod", &variant)?;
-        self.install_at(temp, &variant, digest.size())?;
+        self.install_at(temp, &variant, digest.size(), accounting::Entry::Variant)?;
         Ok(Some(variant))
     }
 
@@ -335,18 +340,19 @@ impl BlobStore for DiskStore {
     }
 
     async fn delete(&self, digest: &Digest) -> Result<bool> {
-        let variant = self.variant_path(digest);
-        match tokio::fs::remove_file(&variant).await {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).io_context("remove", variant),
-        }
-        let path = self.object_path(digest);
-        match tokio::fs::remove_file(&path).await {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(e).io_context("remove", path),
-        }
+        let store = self.clone();
+        let digest = *digest;
+        blocking(move || {
+            let variant = store.variant_path(&digest);
+            store
+                .remove_entry(accounting::Entry::Variant, &variant)
+                .io_context("remove", variant)?;
+            let path = store.object_path(&digest);
+            store
+                .remove_entry(accounting::Entry::Object, &path)
+                .io_context("remove", path)
+        })
+        .await
     }
 
     async fn usage(&self) -> Result<Usage> {

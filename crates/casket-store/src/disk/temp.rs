@@ -16,6 +16,7 @@ use rustix::fs::{AtFlags, CWD, Mode, OFlags};
 use rustix::io::Errno;
 
 use super::DiskStore;
+use super::accounting::Entry;
 use crate::error::{IoContext, Result};
 
 /// An object being written: invisible until [`DiskStore::install`].
@@ -64,32 +65,42 @@ impl DiskStore {
     /// Gives a complete, verified temp object its final name. An object already there has the
     /// same content, so finding one is success.
     pub(super) fn install(&self, temp: TempObject, digest: &Digest) -> Result<()> {
-        self.install_at(temp, &self.object_path(digest), digest.size())
+        self.install_at(temp, &self.object_path(digest), digest.size(), Entry::Object)
     }
 
     /// Gives a complete temp object of `size` bytes the name `target` (an object or one of its
     /// variants). A file already there is kept if it has the right size (it has the same
     /// content unless corrupted at rest, which fsck finds) and counts as used; one of another
     /// size (truncated by a power loss) is replaced.
-    pub(super) fn install_at(&self, temp: TempObject, target: &Path, size: u64) -> Result<()> {
+    pub(super) fn install_at(&self, temp: TempObject, target: &Path, size: u64, entry: Entry) -> Result<()> {
         if self.options.fsync {
             temp.file.sync_data().io_context("fsync", self.tmp_dir())?;
         }
         match temp.named {
             None => {
-                if !link_anonymous(&temp.file, target).io_context("link into", target)? {
+                if link_anonymous(&temp.file, target).io_context("link into", target)? {
+                    self.accounting.linked(entry, size, &temp.file);
+                } else {
                     let existing = fs::metadata(target).io_context("stat", target)?;
                     if existing.len() == size {
                         self.touch_if_stale(target, &existing)?;
                     } else {
                         replace_with(&temp.file, target).io_context("replace", target)?;
+                        self.accounting.removed(entry, &existing);
+                        self.accounting.linked(entry, size, &temp.file);
                     }
                 }
             }
-            Some(path) => path
-                .persist(target)
-                .map_err(|e| e.error)
-                .io_context("rename into", target)?,
+            Some(path) => {
+                let replaced = fs::symlink_metadata(target).ok();
+                path.persist(target)
+                    .map_err(|e| e.error)
+                    .io_context("rename into", target)?;
+                if let Some(replaced) = replaced {
+                    self.accounting.removed(entry, &replaced);
+                }
+                self.accounting.linked(entry, size, &temp.file);
+            }
         }
         if self.options.fsync
             && let Some(dir) = target.parent()

@@ -79,9 +79,14 @@ fn default_store() -> anyhow::Result<PathBuf> {
 
 /// Runs one command; `Ok` carries the exit code (fsck reports problems with 1).
 pub async fn run(global: Global, command: Command) -> anyhow::Result<ExitCode> {
+    // The server opens its own stores: its configuration file may name them.
+    let command = match command {
+        Command::Serve(args) => return serve::serve(&global, args).await,
+        other => other,
+    };
     let cx = Context::open(&global)?;
     match command {
-        Command::Serve(args) => serve::serve(&cx, args).await,
+        Command::Serve(_) => unreachable!("handled above"),
         Command::Capture(args) => tree::capture(&cx, args).await,
         Command::Checkout(args) => tree::checkout(&cx, args).await,
         Command::Ls(args) => tree::ls(&cx, args).await,

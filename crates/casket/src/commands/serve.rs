@@ -1,50 +1,239 @@
-//! `serve`: the gRPC cache server on the local store.
+//! `serve`: the gRPC cache server, configured by flags, environment and a TOML file.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
-use casket_remote::server::{ServerState, bind, serve as run_server};
+use casket_remote::server::{
+    Access, AccessPolicy, Metrics, Namespace, Namespaces, Quota, QuotaOptions, ServerOptions, TlsOptions,
+    bind, serve as run_server, serve_monitoring,
+};
+use casket_store::{DiskOptions, DiskStore};
 use clap::Args;
+use tokio::sync::watch;
 
-use super::Context;
+use crate::Global;
+use crate::config::ServeConfig;
+use crate::units::{format_size, parse_duration, parse_size};
 
-/// Arguments of `casket serve`.
+/// Arguments of `casket serve`. Each overrides the configuration file.
 #[derive(Args, Debug)]
 pub struct ServeArgs {
-    /// Address to listen on; port 0 picks a free port (printed on stderr).
-    #[arg(long, default_value = "127.0.0.1:50051", env = "CASKET_LISTEN")]
-    listen: SocketAddr,
-    /// Let clients write blobs, action results, refs and assets (read-only otherwise).
+    /// A TOML configuration file (see ARCHITECTURE.md or `casket serve --help`).
+    #[arg(long, env = "CASKET_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to listen on; port 0 picks a free port (printed on stderr) [default: 127.0.0.1:50051].
+    #[arg(long, env = "CASKET_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Let every client write (the same as --anonymous write).
     #[arg(long)]
     allow_push: bool,
+    /// What clients without credentials may do: none, read or write [default: read].
+    #[arg(long, env = "CASKET_ANONYMOUS", value_name = "ACCESS")]
+    anonymous: Option<Access>,
+    /// Bearer tokens, one per line: `TOKEN` or `write TOKEN` may write, `read TOKEN` may read.
+    #[arg(long, env = "CASKET_TOKEN_FILE", value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Server certificate chain (PEM); enables TLS.
+    #[arg(long, requires = "tls_key", value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// Server private key (PEM).
+    #[arg(long, requires = "tls_cert", value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// CA (PEM) to verify client certificates against; a verified client may write (mTLS).
+    #[arg(long, requires = "tls_cert", value_name = "FILE")]
+    tls_client_ca: Option<PathBuf>,
+    /// Refuse clients without a verified client certificate.
+    #[arg(long, requires = "tls_client_ca")]
+    require_client_cert: bool,
+    /// Most disk space the store may use; least recently used blobs are evicted beyond it.
+    #[arg(long, env = "CASKET_QUOTA", value_parser = parse_size)]
+    quota: Option<u64>,
+    /// Never evict what was used this recently [default: 10m].
+    #[arg(long, value_parser = parse_duration)]
+    grace: Option<Duration>,
+    /// Serve Prometheus `/metrics` and a `/status` page over HTTP on this address.
+    #[arg(long, env = "CASKET_MONITORING_LISTEN", value_name = "ADDR")]
+    monitoring_listen: Option<SocketAddr>,
     /// Do not offer the Remote Asset API (BuildStream 1 then falls back to ReferenceStorage).
     #[arg(long)]
     no_remote_asset: bool,
 }
 
-/// Serves until SIGINT or SIGTERM.
-pub async fn serve(cx: &Context, args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let listener = bind(args.listen)
+/// Everything `serve` needs, merged from flags, environment, file and defaults.
+struct Settings {
+    listen: SocketAddr,
+    store: PathBuf,
+    options: ServerOptions,
+    quota: QuotaOptions,
+    monitoring_listen: Option<SocketAddr>,
+    instances: Vec<(String, PathBuf, Option<u64>)>,
+}
+
+fn read(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read the {what} {}", path.display()))
+}
+
+impl Settings {
+    fn merge(global: &Global, args: ServeArgs) -> anyhow::Result<Settings> {
+        let config = match &args.config {
+            Some(path) => ServeConfig::load(path)?,
+            None => ServeConfig::default(),
+        };
+        let anonymous = if args.allow_push {
+            Access::Write
+        } else {
+            args.anonymous.or(config.anonymous).unwrap_or(Access::Read)
+        };
+        let mut access = AccessPolicy::new(anonymous);
+        if let Some(file) = args.token_file.as_ref().or(config.token_file.as_ref()) {
+            access.add_token_file(file)?;
+        }
+        let tls = match (args.tls_cert, args.tls_key, config.tls) {
+            (Some(certificate), Some(key), _) => Some(TlsOptions {
+                certificate: read(&certificate, "TLS certificate")?,
+                key: read(&key, "TLS key")?,
+                client_ca: args.tls_client_ca.map(|ca| read(&ca, "client CA")).transpose()?,
+                require_client_certificate: args.require_client_cert,
+            }),
+            (_, _, Some(tls)) => Some(TlsOptions {
+                certificate: read(&tls.certificate, "TLS certificate")?,
+                key: read(&tls.key, "TLS key")?,
+                client_ca: tls.client_ca.map(|ca| read(&ca, "client CA")).transpose()?,
+                require_client_certificate: tls.require_client_certificate,
+            }),
+            _ => None,
+        };
+        let store = match global.store.clone().or(config.store) {
+            Some(store) => store,
+            None => super::default_store()?,
+        };
+        Ok(Settings {
+            listen: args
+                .listen
+                .or(config.listen)
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 50051))),
+            store,
+            options: ServerOptions {
+                access,
+                tls,
+                remote_asset: !args.no_remote_asset && config.remote_asset.unwrap_or(true),
+            },
+            quota: QuotaOptions {
+                limit: args.quota.or(config.quota),
+                grace: args
+                    .grace
+                    .or(config.grace)
+                    .unwrap_or(QuotaOptions::default().grace),
+                ..QuotaOptions::default()
+            },
+            monitoring_listen: args.monitoring_listen.or(config.monitoring_listen),
+            instances: config
+                .instances
+                .into_iter()
+                .map(|(name, instance)| (name, instance.store, instance.quota))
+                .collect(),
+        })
+    }
+}
+
+/// A disk namespace at `root` with exact usage tracking and `quota`.
+async fn namespace(
+    root: &Path,
+    global: &Global,
+    quota: QuotaOptions,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Namespace> {
+    let disk = DiskStore::open(root, DiskOptions { fsync: global.fsync })
+        .with_context(|| format!("cannot open the store at {}", root.display()))?;
+    let quota = Quota::new(&disk, quota, metrics.clone())
         .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+        .with_context(|| format!("cannot scan the store at {}", root.display()))?;
+    Ok(Namespace {
+        quota: Some(Arc::new(quota)),
+        ..Namespace::on_disk(&disk)
+    })
+}
+
+/// Serves until SIGINT or SIGTERM.
+pub async fn serve(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let settings = Settings::merge(global, args)?;
+    let metrics = Arc::new(Metrics::new());
+    let mut namespaces = Namespaces::new(namespace(&settings.store, global, settings.quota, &metrics).await?);
+    for (instance, root, limit) in &settings.instances {
+        let quota = QuotaOptions {
+            limit: *limit,
+            ..settings.quota
+        };
+        namespaces.insert(instance.clone(), namespace(root, global, quota, &metrics).await?);
+    }
+    let namespaces = Arc::new(namespaces);
+
+    let listener = bind(settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
     let address = listener.local_addr()?;
-    let state = ServerState {
-        remote_asset: !args.no_remote_asset,
-        ..ServerState::on_disk(&cx.disk, args.allow_push)
+    let (stop, stopped) = watch::channel(false);
+    let until_stopped = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }
+    };
+    let mut description = vec![match settings.options.access.anonymous {
+        Access::Write => "read-write".to_owned(),
+        Access::Read => "read-only without credentials".to_owned(),
+        Access::None => "credentials required".to_owned(),
+    }];
+    if settings.options.tls.is_some() {
+        description.push("TLS".to_owned());
+    }
+    if let Some(limit) = settings.quota.limit {
+        description.push(format!("quota {}", format_size(limit)));
+    }
+    let monitoring = match settings.monitoring_listen {
+        Some(addr) => {
+            let listener = bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            let monitoring_address = listener.local_addr()?;
+            description.push(format!("monitoring on {monitoring_address}"));
+            let about = serde_json::json!({
+                "version": env!("CARGO_PKG_VERSION"),
+                "listen": address.to_string(),
+                "tls": settings.options.tls.is_some(),
+                "anonymous": format!("{:?}", settings.options.access.anonymous).to_lowercase(),
+                "remote_asset": settings.options.remote_asset,
+                "grace_seconds": settings.quota.grace.as_secs(),
+            });
+            Some(tokio::spawn(serve_monitoring(
+                listener,
+                metrics.clone(),
+                namespaces.clone(),
+                about,
+                until_stopped(),
+            )))
+        }
+        None => None,
     };
     eprintln!(
         "casket: serving {} on {address} ({})",
-        cx.disk.root().display(),
-        if args.allow_push {
-            "read-write"
-        } else {
-            "read-only"
-        }
+        settings.store.display(),
+        description.join(", ")
     );
-    run_server(state, listener, shutdown_signal())
-        .await
-        .context("server failed")?;
+    let signals = tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    let served = run_server(namespaces, settings.options, metrics, listener, until_stopped()).await;
+    signals.abort();
+    if let Some(monitoring) = monitoring {
+        monitoring.abort();
+    }
+    served.context("server failed")?;
     eprintln!("casket: stopped");
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,517 @@
+//! What the server counts, for Prometheus and `/status`: every request by method and status
+//! code, its latency and bytes in and out (the metrics layer, which also writes one structured
+//! log event per request), cache hits and misses (the handlers), evictions (the quota), and
+//! store usage (read when scraped).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tonic::body::Body;
+use tonic::{Code, Status};
+use tower::{Layer, Service};
+
+/// What a lookup looked for.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub(crate) enum Lookup {
+    /// A CAS blob (FindMissingBlobs, BatchReadBlobs, ByteStream Read).
+    Blob,
+    /// An action result.
+    ActionResult,
+    /// A Remote Asset.
+    Asset,
+    /// A BuildStream ref.
+    Ref,
+}
+
+const LOOKUPS: [Lookup; 4] = [Lookup::Blob, Lookup::ActionResult, Lookup::Asset, Lookup::Ref];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method: String,
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabels {
+    method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LookupLabels {
+    kind: Lookup,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NamespaceLabels {
+    namespace: String,
+}
+
+type HistogramFamily = Family<MethodLabels, Histogram, fn() -> Histogram>;
+
+/// The server's metrics. One per server, shared by the layers, handlers and quota.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: HistogramFamily,
+    received_bytes: Family<MethodLabels, Counter>,
+    sent_bytes: Family<MethodLabels, Counter>,
+    hits: Family<LookupLabels, Counter>,
+    misses: Family<LookupLabels, Counter>,
+    evicted_blobs: Counter,
+    evicted_bytes: Counter,
+    store_blobs: Family<NamespaceLabels, Gauge>,
+    store_bytes: Family<NamespaceLabels, Gauge>,
+    quota_bytes: Family<NamespaceLabels, Gauge>,
+    started: Instant,
+    totals: Totals,
+}
+
+/// Plain totals for `/status`.
+#[derive(Debug, Default)]
+struct Totals {
+    requests: AtomicU64,
+    errors: AtomicU64,
+    hits: [AtomicU64; 4],
+    misses: [AtomicU64; 4],
+}
+
+fn latency_histogram() -> Histogram {
+    // 100 µs to about 26 s.
+    Histogram::new(exponential_buckets(0.0001, 4.0, 10))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Fresh metrics, registered under `casket_`.
+    pub fn new() -> Self {
+        let mut metrics = Metrics {
+            registry: Registry::with_prefix("casket"),
+            requests: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
+            received_bytes: Family::default(),
+            sent_bytes: Family::default(),
+            hits: Family::default(),
+            misses: Family::default(),
+            evicted_blobs: Counter::default(),
+            evicted_bytes: Counter::default(),
+            store_blobs: Family::default(),
+            store_bytes: Family::default(),
+            quota_bytes: Family::default(),
+            started: Instant::now(),
+            totals: Totals::default(),
+        };
+        let r = &mut metrics.registry;
+        r.register(
+            "requests",
+            "gRPC requests by method and status code",
+            metrics.requests.clone(),
+        );
+        r.register("request_seconds", "gRPC request latency", metrics.latency.clone());
+        r.register(
+            "received_bytes",
+            "Request body bytes by method",
+            metrics.received_bytes.clone(),
+        );
+        r.register(
+            "sent_bytes",
+            "Response body bytes by method",
+            metrics.sent_bytes.clone(),
+        );
+        r.register(
+            "hits",
+            "Lookups that found what they looked for",
+            metrics.hits.clone(),
+        );
+        r.register("misses", "Lookups that did not", metrics.misses.clone());
+        r.register(
+            "evicted_blobs",
+            "Blobs evicted by the quota",
+            metrics.evicted_blobs.clone(),
+        );
+        r.register(
+            "evicted_bytes",
+            "Bytes freed by eviction",
+            metrics.evicted_bytes.clone(),
+        );
+        r.register(
+            "store_blobs",
+            "Blobs stored, by namespace",
+            metrics.store_blobs.clone(),
+        );
+        r.register(
+            "store_bytes",
+            "Bytes allocated on disk, by namespace",
+            metrics.store_bytes.clone(),
+        );
+        r.register(
+            "quota_bytes",
+            "The quota, by namespace",
+            metrics.quota_bytes.clone(),
+        );
+        metrics
+    }
+
+    /// Counts `hits` and `misses` of `kind`.
+    pub(crate) fn lookups(&self, kind: Lookup, hits: u64, misses: u64) {
+        let labels = LookupLabels { kind };
+        let i = LOOKUPS.iter().position(|k| *k == kind).unwrap_or(0);
+        if hits > 0 {
+            self.hits.get_or_create(&labels).inc_by(hits);
+            self.totals.hits[i].fetch_add(hits, Ordering::Relaxed);
+        }
+        if misses > 0 {
+            self.misses.get_or_create(&labels).inc_by(misses);
+            self.totals.misses[i].fetch_add(misses, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts an eviction round.
+    pub(crate) fn evicted(&self, blobs: u64, bytes: u64) {
+        self.evicted_blobs.inc_by(blobs);
+        self.evicted_bytes.inc_by(bytes);
+    }
+
+    /// Records a namespace's usage (called when scraped).
+    pub(crate) fn set_store(&self, namespace: &str, blobs: u64, bytes: u64, quota: Option<u64>) {
+        let labels = NamespaceLabels {
+            namespace: namespace.to_owned(),
+        };
+        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.store_blobs.get_or_create(&labels).set(gauge(blobs));
+        self.store_bytes.get_or_create(&labels).set(gauge(bytes));
+        if let Some(quota) = quota {
+            self.quota_bytes.get_or_create(&labels).set(gauge(quota));
+        }
+    }
+
+    /// The Prometheus text exposition of everything.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+
+    /// Totals for `/status`.
+    pub(crate) fn summary(&self) -> serde_json::Value {
+        let lookups: serde_json::Map<String, serde_json::Value> = LOOKUPS
+            .iter()
+            .enumerate()
+            .map(|(i, kind)| {
+                (
+                    format!("{kind:?}"),
+                    serde_json::json!({
+                        "hits": self.totals.hits[i].load(Ordering::Relaxed),
+                        "misses": self.totals.misses[i].load(Ordering::Relaxed),
+                    }),
+                )
+            })
+            .collect();
+        serde_json::json!({
+            "uptime_seconds": self.started.elapsed().as_secs(),
+            "requests": self.totals.requests.load(Ordering::Relaxed),
+            "errors": self.totals.errors.load(Ordering::Relaxed),
+            "lookups": lookups,
+            "evicted_blobs": self.evicted_blobs.get(),
+            "evicted_bytes": self.evicted_bytes.get(),
+        })
+    }
+
+    fn finished(&self, request: &RequestLog, code: Code, sent: u64) {
+        let method = MethodLabels {
+            method: request.method.clone(),
+        };
+        let seconds = request.start.elapsed().as_secs_f64();
+        self.requests
+            .get_or_create(&RequestLabels {
+                method: request.method.clone(),
+                code: format!("{code:?}"),
+            })
+            .inc();
+        self.latency.get_or_create(&method).observe(seconds);
+        self.sent_bytes.get_or_create(&method).inc_by(sent);
+        self.totals.requests.fetch_add(1, Ordering::Relaxed);
+        let ms = seconds * 1000.0;
+        let method = request.method.as_str();
+        match code {
+            Code::Ok | Code::NotFound => tracing::debug!(method, ?code, ms, sent, "request"),
+            Code::Internal | Code::DataLoss | Code::Unknown => {
+                self.totals.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(method, ?code, ms, sent, "request failed");
+            }
+            _ => {
+                self.totals.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(method, ?code, ms, sent, "request refused");
+            }
+        }
+    }
+}
+
+/// The services whose methods are labelled by name; anything else is `other`, so that
+/// clients cannot create labels at will.
+const SERVICES: &[&str] = &[
+    "build.bazel.remote.execution.v2.Capabilities",
+    "build.bazel.remote.execution.v2.ContentAddressableStorage",
+    "build.bazel.remote.execution.v2.ActionCache",
+    "google.bytestream.ByteStream",
+    "build.bazel.remote.asset.v1.Fetch",
+    "build.bazel.remote.asset.v1.Push",
+    "buildstream.v2.ReferenceStorage",
+    "grpc.health.v1.Health",
+];
+
+/// `ContentAddressableStorage/FindMissingBlobs` for a known method's path, else `other`.
+fn method_label(path: &str) -> String {
+    let mut parts = path.trim_start_matches('/').splitn(2, '/');
+    match (parts.next(), parts.next()) {
+        (Some(service), Some(method)) if SERVICES.contains(&service) && !method.contains('/') => {
+            let short = service.rsplit('.').next().unwrap_or(service);
+            format!("{short}/{method}")
+        }
+        _ => "other".to_owned(),
+    }
+}
+
+/// The tower layer that counts and logs every request.
+#[derive(Clone, Debug)]
+pub(crate) struct MetricsLayer {
+    metrics: Arc<Metrics>,
+}
+
+impl MetricsLayer {
+    pub(crate) fn new(metrics: Arc<Metrics>) -> Self {
+        MetricsLayer { metrics }
+    }
+}
+
+impl<S> Layer<S> for MetricsLayer {
+    type Service = MetricsService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        MetricsService {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// The service [`MetricsLayer`] wraps around the others.
+#[derive(Clone, Debug)]
+pub(crate) struct MetricsService<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+/// One request being answered.
+#[derive(Debug)]
+struct RequestLog {
+    method: String,
+    start: Instant,
+}
+
+impl<S, R> Service<http::Request<Body>> for MetricsService<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+    R: HttpBody<Data = Bytes> + Send + Unpin + 'static,
+    R::Error: Into<Status>,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let log = RequestLog {
+            method: method_label(request.uri().path()),
+            start: Instant::now(),
+        };
+        let received = self.metrics.received_bytes.get_or_create(&MethodLabels {
+            method: log.method.clone(),
+        });
+        let request = request.map(|body| {
+            Body::new(CountedRequest {
+                inner: body,
+                received: received.clone(),
+            })
+        });
+        let response = self.inner.call(request);
+        let metrics = self.metrics.clone();
+        Box::pin(async move {
+            let response = response.await?;
+            // Refusals and errors without a body carry their code in the headers.
+            let code = response
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<i32>().ok())
+                .map(Code::from_i32);
+            Ok(response.map(|body| {
+                Body::new(CountedResponse {
+                    inner: body,
+                    metrics,
+                    log,
+                    code,
+                    sent: 0,
+                    done: false,
+                })
+            }))
+        })
+    }
+}
+
+/// A request body that counts the bytes it delivers.
+struct CountedRequest {
+    inner: Body,
+    received: Counter,
+}
+
+impl HttpBody for CountedRequest {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        if let Some(data) = frame
+            .as_ref()
+            .and_then(|f| f.as_ref().ok())
+            .and_then(Frame::data_ref)
+        {
+            self.received.inc_by(data.len() as u64);
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A response body that counts its bytes, reads the final status from the trailers, and
+/// records the request when it ends (or is dropped, if the client went away).
+struct CountedResponse<R> {
+    inner: R,
+    metrics: Arc<Metrics>,
+    log: RequestLog,
+    code: Option<Code>,
+    sent: u64,
+    done: bool,
+}
+
+impl<R> CountedResponse<R> {
+    fn finish(&mut self) {
+        if !self.done {
+            self.done = true;
+            let code = self.code.unwrap_or(Code::Cancelled);
+            self.metrics.finished(&self.log, code, self.sent);
+        }
+    }
+}
+
+impl<R> Drop for CountedResponse<R> {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+impl<R> HttpBody for CountedResponse<R>
+where
+    R: HttpBody<Data = Bytes> + Unpin,
+    R::Error: Into<Status>,
+{
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = &mut *self;
+        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx)).map(|f| f.map_err(Into::into));
+        match &frame {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    this.sent += data.len() as u64;
+                } else if let Some(trailers) = frame.trailers_ref() {
+                    this.code = Status::from_header_map(trailers)
+                        .map(|s| s.code())
+                        .or(Some(Code::Ok));
+                }
+            }
+            Some(Err(status)) => this.code = Some(status.code()),
+            None => this.finish(),
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_methods_get_short_labels_and_others_one_label() {
+        assert_eq!(
+            method_label("/build.bazel.remote.execution.v2.ContentAddressableStorage/FindMissingBlobs"),
+            "ContentAddressableStorage/FindMissingBlobs"
+        );
+        assert_eq!(
+            method_label("/google.bytestream.ByteStream/Read"),
+            "ByteStream/Read"
+        );
+        assert_eq!(method_label("/evil.Service/x"), "other");
+        assert_eq!(method_label("/google.bytestream.ByteStream/Read/more"), "other");
+    }
+
+    #[test]
+    fn lookups_show_in_the_exposition_and_the_summary() {
+        let metrics = Metrics::new();
+        metrics.lookups(Lookup::ActionResult, 2, 1);
+        let text = metrics.encode();
+        assert!(
+            text.contains("casket_hits_total{kind=\"ActionResult\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("casket_misses_total{kind=\"ActionResult\"} 1"),
+            "{text}"
+        );
+        assert_eq!(metrics.summary()["lookups"]["ActionResult"]["hits"], 2);
+    }
+}
