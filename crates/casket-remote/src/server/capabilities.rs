@@ -5,11 +5,21 @@ use bazel_remote_apis::build::bazel::semver::SemVer;
 use casket_model::DigestFunction;
 use tonic::{Request, Response, Status};
 
-use super::MAX_BATCH_BYTES;
+use std::sync::Arc;
+
 use super::access::{Access, caller_access};
+use super::{MAX_BATCH_BYTES, Shared};
 
 /// The Capabilities service.
-pub(crate) struct Capabilities;
+pub(crate) struct Capabilities {
+    shared: Arc<Shared>,
+}
+
+impl Capabilities {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Capabilities { shared }
+    }
+}
 
 fn version(minor: i32) -> Option<SemVer> {
     Some(SemVer {
@@ -26,6 +36,9 @@ impl reapi::capabilities_server::Capabilities for Capabilities {
         &self,
         request: Request<reapi::GetCapabilitiesRequest>,
     ) -> Result<Response<reapi::ServerCapabilities>, Status> {
+        let namespace = self.shared.namespace(&request.get_ref().instance_name);
+        // No blob larger than the quota can be stored; without a quota there is no limit (0).
+        let max_blob = namespace.quota.as_ref().and_then(|q| q.limit()).unwrap_or(0);
         let cache = reapi::CacheCapabilities {
             digest_functions: DigestFunction::ALL.iter().map(|f| f.to_proto() as i32).collect(),
             // Per caller: a read-only caller is told it may not update.
@@ -33,6 +46,9 @@ impl reapi::capabilities_server::Capabilities for Capabilities {
                 update_enabled: caller_access(&request) == Access::Write,
             }),
             max_batch_total_size_bytes: MAX_BATCH_BYTES as i64,
+            // ByteStream reads and writes in zstd; batches stay uncompressed.
+            supported_compressors: vec![reapi::compressor::Value::Zstd as i32],
+            max_cas_blob_size_bytes: i64::try_from(max_blob).unwrap_or(i64::MAX),
             symlink_absolute_path_strategy: reapi::symlink_absolute_path_strategy::Value::Allowed as i32,
             ..Default::default()
         };

@@ -214,7 +214,9 @@ pub async fn serve(
         .layer(MetricsLayer::new(metrics))
         .layer(AccessLayer::new(options.access))
         .add_service(health)
-        .add_service(CapabilitiesServer::new(capabilities::Capabilities))
+        .add_service(CapabilitiesServer::new(capabilities::Capabilities::new(
+            shared.clone(),
+        )))
         .add_service(
             ContentAddressableStorageServer::new(cas::Cas::new(shared.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)

@@ -110,7 +110,8 @@ impl Quota {
             return Ok(self.hold(need));
         };
         if need > limit {
-            return Err(Status::resource_exhausted(format!(
+            // Over max_cas_blob_size_bytes, which Capabilities advertises as the quota.
+            return Err(Status::invalid_argument(format!(
                 "a {bytes}-byte blob does not fit in the {limit}-byte quota"
             )));
         }

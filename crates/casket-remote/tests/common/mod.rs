@@ -54,7 +54,18 @@ pub async fn start_with(options: ServerOptions, quota: Option<QuotaOptions>) -> 
             Quota::new(&store, quota, metrics.clone()).await.unwrap(),
         ));
     }
-    let namespaces = Arc::new(Namespaces::new(namespace));
+    start_on(dir, store, Namespaces::new(namespace), options, metrics).await
+}
+
+/// A server for `namespaces`, whose default store is `store` in `dir`.
+pub async fn start_on(
+    dir: tempfile::TempDir,
+    store: DiskStore,
+    namespaces: Namespaces,
+    options: ServerOptions,
+    metrics: Arc<Metrics>,
+) -> Server {
+    let namespaces = Arc::new(namespaces);
     let tls = options.tls.is_some();
     let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let address = listener.local_addr().unwrap();
