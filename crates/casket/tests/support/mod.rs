@@ -95,6 +95,8 @@ pub(crate) struct Serve {
     child: Child,
     /// `http://127.0.0.1:PORT`.
     pub(crate) url: String,
+    /// The server's first line on stderr (what it serves, where, and how).
+    pub(crate) banner: String,
 }
 
 impl Serve {
@@ -119,6 +121,7 @@ impl Serve {
         Serve {
             child,
             url: format!("http://{address}"),
+            banner: line,
         }
     }
 }
