@@ -18,6 +18,7 @@ mod reference;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bazel_remote_apis::build::bazel::remote::asset::v1::fetch_server::FetchServer;
 use bazel_remote_apis::build::bazel::remote::asset::v1::push_server::PushServer;
@@ -48,6 +49,9 @@ pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
 /// The most blob data in one BatchUpdateBlobs or BatchReadBlobs, advertised in Capabilities.
 /// Half the message limit leaves room for per-blob framing and digests.
 pub const MAX_BATCH_BYTES: u64 = (MAX_MESSAGE_BYTES / 2) as u64;
+
+/// HTTP/2 flow-control window per stream.
+const STREAM_WINDOW_BYTES: u32 = 8 << 20;
 
 /// Bytes per ByteStream ReadResponse.
 pub const READ_CHUNK_BYTES: usize = 1 << 20;
@@ -206,7 +210,14 @@ pub async fn serve(
     });
     let (_health_reporter, health) = tonic_health::server::health_reporter();
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    let mut builder = tonic::transport::Server::builder();
+    // Large windows keep a single ByteStream at loopback or LAN speed; keepalives drop dead
+    // clients (and their parked uploads' connections).
+    let mut builder = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .initial_stream_window_size(Some(STREAM_WINDOW_BYTES))
+        .initial_connection_window_size(Some(4 * STREAM_WINDOW_BYTES))
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)));
     if let Some(tls) = &options.tls {
         builder = builder.tls_config(tls_config(tls)).map_err(ServeError::Tls)?;
     }
