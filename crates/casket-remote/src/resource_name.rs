@@ -94,6 +94,41 @@ impl ResourceName {
     }
 }
 
+/// `{instance/}blobs/{function/}{hash}/{size}` or its `compressed-blobs/zstd/` form.
+pub fn read_name(instance: &str, digest: &Digest, compressor: Option<Compressor>) -> String {
+    format!("{}{}", instance_prefix(instance), blob_path(digest, compressor))
+}
+
+/// `{instance/}uploads/{upload}/blobs/{function/}{hash}/{size}` or its compressed form.
+pub fn write_name(instance: &str, upload: &str, digest: &Digest, compressor: Option<Compressor>) -> String {
+    format!(
+        "{}uploads/{upload}/{}",
+        instance_prefix(instance),
+        blob_path(digest, compressor)
+    )
+}
+
+fn instance_prefix(instance: &str) -> String {
+    if instance.is_empty() {
+        String::new()
+    } else {
+        format!("{instance}/")
+    }
+}
+
+fn blob_path(digest: &Digest, compressor: Option<Compressor>) -> String {
+    let kind = match compressor {
+        None => "blobs",
+        Some(Compressor::Zstd) => "compressed-blobs/zstd",
+    };
+    // The function segment is omitted for SHA-256, which servers infer from the hash length.
+    let function = match digest.function() {
+        DigestFunction::Sha256 => String::new(),
+        other => format!("{}/", other.name()),
+    };
+    format!("{kind}/{function}{}/{}", digest.hash_hex(), digest.size())
+}
+
 /// Parses `blobs/...` or `compressed-blobs/...`, returning what follows the size.
 fn parse_blob<'a>(
     name: &str,
@@ -127,6 +162,29 @@ mod tests {
     use proptest::prelude::*;
 
     const HASH: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+    #[test]
+    fn formatted_names_parse_back() {
+        for function in DigestFunction::ALL {
+            let digest = Digest::of(function, b"named");
+            for compressor in [None, Some(Compressor::Zstd)] {
+                for instance in ["", "a", "a/b"] {
+                    let read =
+                        ResourceName::parse_read(&read_name(instance, &digest, compressor)).expect("read");
+                    assert_eq!(
+                        (read.instance.as_str(), read.digest, read.compressor),
+                        (instance, digest, compressor)
+                    );
+                    let write = ResourceName::parse_write(&write_name(instance, "u-1", &digest, compressor))
+                        .expect("write");
+                    assert_eq!(
+                        (write.instance.as_str(), write.digest, write.upload.as_deref()),
+                        (instance, digest, Some("u-1"))
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn reads() {

@@ -16,6 +16,8 @@ pub(crate) fn store_code(e: &StoreError) -> Code {
         StoreError::RefConflict(_) => Code::FailedPrecondition,
         StoreError::Corrupt { .. } | StoreError::CorruptRef { .. } => Code::DataLoss,
         StoreError::Io { source, .. } if source.raw_os_error() == Some(28) => Code::ResourceExhausted,
+        StoreError::Remote { code, .. } => Code::from_i32(*code),
+        StoreError::Unsupported(_) => Code::Unimplemented,
         StoreError::Io { .. } | StoreError::Task(_) | StoreError::ObjectStore(_) => Code::Internal,
     }
 }

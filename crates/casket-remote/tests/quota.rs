@@ -24,7 +24,7 @@ fn writable() -> ServerOptions {
     ServerOptions {
         access: AccessPolicy::new(Access::Write),
         tls: None,
-        remote_asset: true,
+        ..ServerOptions::default()
     }
 }
 

@@ -13,6 +13,16 @@ use crate::{BlobStore, BlobStoreExt, NewBlob, ReadRange, StoreError};
 
 /// Runs every check against `store`, which should start empty.
 pub async fn run_all(store: &dyn BlobStore) {
+    run_remote(store).await;
+    wrong_size_reads_name_the_stored_size(store).await;
+    rewrites_leave_usage_unchanged(store).await;
+    delete_removes(store).await;
+    usage_is_exact(store).await;
+}
+
+/// The checks a remote cache (REAPI, which has no delete, no usage, and answers a read of a
+/// wrongly sized digest with NOT_FOUND) must pass; `store` should start empty.
+pub async fn run_remote(store: &dyn BlobStore) {
     empty_blob_is_always_present(store).await;
     put_then_read_back(store).await;
     put_many_returns_digests_in_order(store).await;
@@ -22,8 +32,6 @@ pub async fn run_all(store: &dyn BlobStore) {
     reads_honour_offset_and_limit(store).await;
     wrong_size_is_missing(store).await;
     writes_are_idempotent(store).await;
-    delete_removes(store).await;
-    usage_is_exact(store).await;
 }
 
 fn blob(tag: &str, len: usize) -> Bytes {
@@ -196,12 +204,24 @@ pub async fn reads_honour_offset_and_limit(store: &dyn BlobStore) {
     assert!(matches!(err, StoreError::OffsetOutOfRange { .. }), "{err}");
 }
 
-/// A stored hash asked for with another size is missing, and reading it is an error.
+/// A stored hash asked for with another size is missing, and cannot be read.
 pub async fn wrong_size_is_missing(store: &dyn BlobStore) {
     let data = blob("sized", 100);
     let digest = store.put_bytes(DigestFunction::Sha256, data).await.unwrap();
     let wrong = Digest::new(digest.function(), *digest.hash(), 99).unwrap();
     assert_eq!(store.find_missing(&[wrong]).await.unwrap(), vec![wrong]);
+    let read = store.read(&wrong, ReadRange::ALL).await;
+    assert!(
+        matches!(read, Ok(None) | Err(StoreError::SizeMismatch { .. })),
+        "a wrongly sized digest was readable"
+    );
+}
+
+/// Reading a stored hash with another size is an error naming the stored size.
+pub async fn wrong_size_reads_name_the_stored_size(store: &dyn BlobStore) {
+    let data = blob("sized", 100);
+    let digest = store.put_bytes(DigestFunction::Sha256, data).await.unwrap();
+    let wrong = Digest::new(digest.function(), *digest.hash(), 99).unwrap();
     let err = store.read(&wrong, ReadRange::ALL).await.err().unwrap();
     assert!(
         matches!(err, StoreError::SizeMismatch { actual: 100, .. }),
@@ -216,17 +236,27 @@ pub async fn writes_are_idempotent(store: &dyn BlobStore) {
         .put_bytes(DigestFunction::Sha256, data.clone())
         .await
         .unwrap();
-    let before = store.usage().await.unwrap();
     let second = store
         .put_bytes(DigestFunction::Sha256, data.clone())
         .await
         .unwrap();
     assert_eq!(first, second);
-    assert_eq!(store.usage().await.unwrap(), before);
     assert_eq!(
         read_all(store, &first, ReadRange::ALL).await.as_deref(),
         Some(data.as_ref())
     );
+}
+
+/// Writing a blob again does not change usage.
+pub async fn rewrites_leave_usage_unchanged(store: &dyn BlobStore) {
+    let data = blob("twice", 3000);
+    store
+        .put_bytes(DigestFunction::Sha256, data.clone())
+        .await
+        .unwrap();
+    let before = store.usage().await.unwrap();
+    store.put_bytes(DigestFunction::Sha256, data).await.unwrap();
+    assert_eq!(store.usage().await.unwrap(), before);
 }
 
 /// `delete` removes a blob and reports whether it was there.

@@ -83,6 +83,21 @@ pub enum StoreError {
     /// The object-store backend failed.
     #[error("object store: {0}")]
     ObjectStore(#[from] ::object_store::Error),
+    /// A remote store (a REAPI server) failed or refused a request.
+    #[error("remote {operation} failed ({code_name}): {message}")]
+    Remote {
+        /// The RPC.
+        operation: &'static str,
+        /// The gRPC status code.
+        code: i32,
+        /// The code's name, for messages.
+        code_name: String,
+        /// The server's message.
+        message: String,
+    },
+    /// The store cannot do this at all (a remote cache cannot delete or count, for example).
+    #[error("{0} is not supported by this store")]
+    Unsupported(&'static str),
     /// A blocking task panicked or was cancelled.
     #[error("background task failed: {0}")]
     Task(String),

@@ -10,6 +10,8 @@
 //! grace = "10m"                   # never evict what was used this recently
 //! remote_asset = true
 //! monitoring_listen = "127.0.0.1:9090"
+//! max_batch_size = "4M"           # advertised batch limit (at most 8M)
+//! disabled_methods = ["ContentAddressableStorage/GetTree"]
 //!
 //! [tls]
 //! certificate = "server.pem"
@@ -56,6 +58,12 @@ pub struct ServeConfig {
     pub remote_asset: Option<bool>,
     /// Address of the `/metrics` and `/status` HTTP port.
     pub monitoring_listen: Option<SocketAddr>,
+    /// The batch limit advertised to clients, e.g. `"4M"`.
+    #[serde(default, deserialize_with = "size")]
+    pub max_batch_size: Option<u64>,
+    /// Methods answered with UNIMPLEMENTED, as `Service/Method`.
+    #[serde(default)]
+    pub disabled_methods: Vec<String>,
     /// TLS, and client certificates.
     pub tls: Option<TlsConfig>,
     /// Instance names served from their own stores.

@@ -12,7 +12,11 @@ use support::{Serve, casket, run};
 /// `GET path` over HTTP/1.1; the response body.
 fn http_get(address: &str, path: &str) -> String {
     let mut stream = TcpStream::connect(address).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
@@ -43,7 +47,11 @@ quota = "64M"
         &dir.path().join("default-store"),
         &["--config", config.to_str().unwrap()],
     );
-    assert!(server.banner.contains("read-only without credentials"), "{}", server.banner);
+    assert!(
+        server.banner.contains("read-only without credentials"),
+        "{}",
+        server.banner
+    );
     assert!(server.banner.contains("quota 1.00 GiB"), "{}", server.banner);
     let monitoring = server
         .banner
@@ -62,7 +70,12 @@ quota = "64M"
     assert_eq!(namespaces[0]["quota_bytes"], 1u64 << 30);
     assert_eq!(namespaces[1]["namespace"], "release");
     assert_eq!(namespaces[1]["quota_bytes"], 64u64 << 20);
-    assert!(namespaces[1]["store"].as_str().unwrap().ends_with("release-store"));
+    assert!(
+        namespaces[1]["store"]
+            .as_str()
+            .unwrap()
+            .ends_with("release-store")
+    );
     assert!(dir.path().join("release-store/casket-store").exists());
 
     let metrics = http_get(&monitoring, "/metrics");
@@ -83,7 +96,10 @@ fn a_bad_config_file_is_refused_with_its_name_and_the_problem() {
     let out = run(casket(dir.path()).args(["serve", "--config", config.to_str().unwrap()]));
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("casket.toml") && stderr.contains("not a size"), "{stderr}");
+    assert!(
+        stderr.contains("casket.toml") && stderr.contains("not a size"),
+        "{stderr}"
+    );
 
     std::fs::write(&config, "token_file = \"missing-tokens\"\n").unwrap();
     let out = run(casket(dir.path()).args(["serve", "--config", config.to_str().unwrap()]));

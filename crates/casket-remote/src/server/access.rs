@@ -173,18 +173,33 @@ pub(crate) fn caller_access<T>(request: &tonic::Request<T>) -> Access {
     request.extensions().get::<Access>().copied().unwrap_or_default()
 }
 
-/// The tower layer enforcing an [`AccessPolicy`].
+/// The tower layer enforcing an [`AccessPolicy`] (and answering disabled methods with
+/// UNIMPLEMENTED).
 #[derive(Clone, Debug)]
 pub(crate) struct AccessLayer {
     policy: Arc<AccessPolicy>,
+    disabled: Arc<Vec<String>>,
 }
 
 impl AccessLayer {
-    pub(crate) fn new(policy: AccessPolicy) -> Self {
+    /// `disabled` lists `Service/Method` names (the service without its package).
+    pub(crate) fn new(policy: AccessPolicy, disabled: Vec<String>) -> Self {
         AccessLayer {
             policy: Arc::new(policy),
+            disabled: Arc::new(disabled),
         }
     }
+}
+
+/// Whether the gRPC method at `path` (`/package.Service/Method`) is one of `disabled`.
+fn is_disabled(disabled: &[String], path: &str) -> bool {
+    let Some((service, method)) = path.trim_start_matches('/').split_once('/') else {
+        return false;
+    };
+    let service = service.rsplit('.').next().unwrap_or(service);
+    disabled
+        .iter()
+        .any(|d| d.split_once('/') == Some((service, method)))
 }
 
 impl<S> Layer<S> for AccessLayer {
@@ -194,6 +209,7 @@ impl<S> Layer<S> for AccessLayer {
         AccessService {
             inner,
             policy: self.policy.clone(),
+            disabled: self.disabled.clone(),
         }
     }
 }
@@ -203,6 +219,7 @@ impl<S> Layer<S> for AccessLayer {
 pub(crate) struct AccessService<S> {
     inner: S,
     policy: Arc<AccessPolicy>,
+    disabled: Arc<Vec<String>>,
 }
 
 impl<S, B, R> Service<http::Request<B>> for AccessService<S>
@@ -235,6 +252,10 @@ where
             }
             Err(status) => Some(status),
         };
+        let refusal = refusal.or_else(|| {
+            is_disabled(&self.disabled, request.uri().path())
+                .then(|| Status::unimplemented("this method is disabled on this server"))
+        });
         match refusal {
             None => Either::Left(self.inner.call(request)),
             Some(status) => Either::Right(ready(Ok(status.into_http()))),
@@ -280,6 +301,20 @@ mod tests {
             .err()
             .map(|e| e.to_string());
         assert!(error.is_some_and(|e| e.ends_with(":2: expected `TOKEN`, `write TOKEN` or `read TOKEN`")));
+    }
+
+    #[test]
+    fn disabled_methods_match_by_service_and_method() {
+        let disabled = vec!["ContentAddressableStorage/BatchReadBlobs".to_owned()];
+        assert!(is_disabled(
+            &disabled,
+            "/build.bazel.remote.execution.v2.ContentAddressableStorage/BatchReadBlobs"
+        ));
+        assert!(!is_disabled(
+            &disabled,
+            "/build.bazel.remote.execution.v2.ContentAddressableStorage/BatchUpdateBlobs"
+        ));
+        assert!(!is_disabled(&disabled, "/nonsense"));
     }
 
     #[test]

@@ -7,8 +7,8 @@ use tonic::{Request, Response, Status};
 
 use std::sync::Arc;
 
+use super::Shared;
 use super::access::{Access, caller_access};
-use super::{MAX_BATCH_BYTES, Shared};
 
 /// The Capabilities service.
 pub(crate) struct Capabilities {
@@ -45,7 +45,7 @@ impl reapi::capabilities_server::Capabilities for Capabilities {
             action_cache_update_capabilities: Some(reapi::ActionCacheUpdateCapabilities {
                 update_enabled: caller_access(&request) == Access::Write,
             }),
-            max_batch_total_size_bytes: MAX_BATCH_BYTES as i64,
+            max_batch_total_size_bytes: self.shared.max_batch_bytes as i64,
             // ByteStream reads and writes in zstd; batches stay uncompressed.
             supported_compressors: vec![reapi::compressor::Value::Zstd as i32],
             max_cas_blob_size_bytes: i64::try_from(max_blob).unwrap_or(i64::MAX),

@@ -16,7 +16,7 @@ use prost::Message;
 use tonic::{Code, Request, Response, Status};
 
 use super::metrics::Lookup;
-use super::{MAX_BATCH_BYTES, MAX_MESSAGE_BYTES, Namespace, Shared, digest, digest_function};
+use super::{MAX_MESSAGE_BYTES, Namespace, Shared, digest, digest_function};
 use crate::status::{from_store, store_code};
 
 /// Blobs read at once for one BatchReadBlobs.
@@ -92,9 +92,10 @@ impl reapi::content_addressable_storage_server::ContentAddressableStorage for Ca
         }
         let function = digest_function(request.digest_function)?;
         let total: u64 = request.requests.iter().map(|r| r.data.len() as u64).sum();
-        if total > MAX_BATCH_BYTES {
+        let limit = self.shared.max_batch_bytes;
+        if total > limit {
             return Err(Status::invalid_argument(format!(
-                "batch of {total} bytes exceeds max_batch_total_size_bytes {MAX_BATCH_BYTES}"
+                "batch of {total} bytes exceeds max_batch_total_size_bytes {limit}"
             )));
         }
         let namespace = self.shared.namespace(&request.instance_name);
@@ -173,9 +174,10 @@ impl reapi::content_addressable_storage_server::ContentAddressableStorage for Ca
             .iter()
             .map(|d| d.size_bytes.max(0).unsigned_abs())
             .sum();
-        if total > MAX_BATCH_BYTES {
+        let limit = self.shared.max_batch_bytes;
+        if total > limit {
             return Err(Status::invalid_argument(format!(
-                "batch of {total} bytes exceeds max_batch_total_size_bytes {MAX_BATCH_BYTES}"
+                "batch of {total} bytes exceeds max_batch_total_size_bytes {limit}"
             )));
         }
         let blobs = &self.shared.namespace(&request.instance_name).blobs;

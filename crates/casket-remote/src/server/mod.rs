@@ -147,7 +147,7 @@ pub struct TlsOptions {
 }
 
 /// How the server behaves, beyond what it serves.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct ServerOptions {
     /// Who may read and write.
     pub access: AccessPolicy,
@@ -156,6 +156,25 @@ pub struct ServerOptions {
     /// Whether to offer the Remote Asset API. BuildStream 1 uses it instead of
     /// ReferenceStorage when it is there; BuildStream 2 needs it.
     pub remote_asset: bool,
+    /// The most blob data in one batch request or response, advertised in Capabilities (at
+    /// most [`MAX_BATCH_BYTES`], which the message limit allows).
+    pub max_batch_bytes: u64,
+    /// Methods answered with UNIMPLEMENTED, as `Service/Method` (for example
+    /// `ContentAddressableStorage/GetTree`): to switch off an expensive method, or to stand in
+    /// for an older server.
+    pub disabled_methods: Vec<String>,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            access: AccessPolicy::default(),
+            tls: None,
+            remote_asset: true,
+            max_batch_bytes: MAX_BATCH_BYTES,
+            disabled_methods: Vec::new(),
+        }
+    }
 }
 
 /// What every service shares.
@@ -163,6 +182,8 @@ pub struct ServerOptions {
 pub(crate) struct Shared {
     pub(crate) namespaces: Arc<Namespaces>,
     pub(crate) metrics: Arc<Metrics>,
+    /// The batch limit in force.
+    pub(crate) max_batch_bytes: u64,
 }
 
 impl Shared {
@@ -207,6 +228,7 @@ pub async fn serve(
     let shared = Arc::new(Shared {
         namespaces,
         metrics: metrics.clone(),
+        max_batch_bytes: options.max_batch_bytes.min(MAX_BATCH_BYTES),
     });
     let (_health_reporter, health) = tonic_health::server::health_reporter();
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
@@ -223,7 +245,7 @@ pub async fn serve(
     }
     builder
         .layer(MetricsLayer::new(metrics))
-        .layer(AccessLayer::new(options.access))
+        .layer(AccessLayer::new(options.access, options.disabled_methods))
         .add_service(health)
         .add_service(CapabilitiesServer::new(capabilities::Capabilities::new(
             shared.clone(),

@@ -35,7 +35,7 @@ pub async fn start(allow_push: bool) -> Server {
         ServerOptions {
             access,
             tls: None,
-            remote_asset: true,
+            ..ServerOptions::default()
         },
         None,
     )

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use casket_remote::server::{
-    Access, AccessPolicy, Metrics, Namespace, Namespaces, Quota, QuotaOptions, ServerOptions, TlsOptions,
-    bind, serve as run_server, serve_monitoring,
+    Access, AccessPolicy, MAX_BATCH_BYTES, Metrics, Namespace, Namespaces, Quota, QuotaOptions,
+    ServerOptions, TlsOptions, bind, serve as run_server, serve_monitoring,
 };
 use casket_store::{DiskOptions, DiskStore};
 use clap::Args;
@@ -61,6 +61,12 @@ pub struct ServeArgs {
     /// Do not offer the Remote Asset API (BuildStream 1 then falls back to ReferenceStorage).
     #[arg(long)]
     no_remote_asset: bool,
+    /// The most blob data in one batch request, advertised to clients [default: 8M].
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    max_batch_size: Option<u64>,
+    /// Answer a method with UNIMPLEMENTED, e.g. ContentAddressableStorage/GetTree (repeatable).
+    #[arg(long, value_name = "SERVICE/METHOD")]
+    disable_method: Vec<String>,
 }
 
 /// Everything `serve` needs, merged from flags, environment, file and defaults.
@@ -121,6 +127,11 @@ impl Settings {
                 access,
                 tls,
                 remote_asset: !args.no_remote_asset && config.remote_asset.unwrap_or(true),
+                max_batch_bytes: args
+                    .max_batch_size
+                    .or(config.max_batch_size)
+                    .unwrap_or(MAX_BATCH_BYTES),
+                disabled_methods: [args.disable_method, config.disabled_methods].concat(),
             },
             quota: QuotaOptions {
                 limit: args.quota.or(config.quota),

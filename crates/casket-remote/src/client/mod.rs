@@ -1,0 +1,214 @@
+//! The REAPI client: [`RemoteCas`] speaks to any REAPI cache (casket serve, BuildStream's
+//! artifact server, buildbox-casd, bazel-remote, ...) within the limits the server advertises.
+//!
+//! * [`RemoteCas`] implements [`casket_store::BlobStore`], so it passes the store conformance
+//!   suite and anything written for a store works against a server.
+//! * [`transfer`]: whole trees pushed and pulled with batching, pipelining and verification.
+//! * `refs`: named trees over BuildStream's ReferenceStorage or the Remote Asset API.
+//!
+//! Every RPC goes through [`RemoteCas::call`]: at most `concurrency` requests in flight,
+//! retried with exponential backoff on UNAVAILABLE, DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED,
+//! and counted by method in [`Stats`].
+
+mod connect;
+mod refs;
+mod stats;
+mod store;
+pub mod transfer;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
+use casket_model::DigestFunction;
+use tokio::sync::Semaphore;
+use tonic::{Code, Status};
+
+pub use connect::{ClientTls, ConnectError, RemoteOptions};
+pub use refs::RefService;
+pub use stats::Stats;
+
+use crate::server::MAX_MESSAGE_BYTES;
+
+/// gRPC's default message limit, which applies when a server advertises no batch limit.
+const DEFAULT_BATCH_BYTES: u64 = 4 << 20;
+
+/// Bytes reserved per blob in a batch, for its digest and framing.
+pub(crate) const BATCH_ITEM_OVERHEAD: u64 = 128;
+
+/// What the server supports, from GetCapabilities (or defaults when it has none).
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// The most blob bytes (with per-blob overhead) in one batch request or response.
+    pub batch_bytes: u64,
+    /// Whether BatchReadBlobs works; without it every read is a ByteStream.
+    pub batch_read: bool,
+    /// Whether the server offers zstd for ByteStream.
+    pub zstd: bool,
+    /// Digest functions the server accepts.
+    pub digest_functions: Vec<DigestFunction>,
+}
+
+/// A REAPI cache on the other end of a gRPC channel. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct RemoteCas {
+    transport: connect::Transport,
+    instance: String,
+    limits: Limits,
+    options: Arc<RemoteOptions>,
+    in_flight: Arc<Semaphore>,
+    stats: Arc<Stats>,
+}
+
+/// Codes worth retrying: the server was away, slow, or momentarily out of room.
+fn retryable(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted
+    )
+}
+
+impl RemoteCas {
+    /// Connects to `options.url` and negotiates limits with GetCapabilities.
+    pub async fn connect(options: RemoteOptions) -> Result<Self, connect::ConnectError> {
+        let transport = connect::transport(&options).await?;
+        let mut remote = RemoteCas {
+            transport,
+            instance: options.instance.clone(),
+            limits: Limits {
+                batch_bytes: DEFAULT_BATCH_BYTES.min(options.max_batch_bytes),
+                batch_read: true,
+                zstd: false,
+                digest_functions: vec![DigestFunction::Sha256],
+            },
+            in_flight: Arc::new(Semaphore::new(options.concurrency.max(1))),
+            options: Arc::new(options),
+            stats: Arc::default(),
+        };
+        remote
+            .negotiate()
+            .await
+            .map_err(connect::ConnectError::Capabilities)?;
+        Ok(remote)
+    }
+
+    /// Asks the server what it supports. UNIMPLEMENTED means an old server: defaults, as
+    /// BuildStream does. BatchReadBlobs is probed with an empty request.
+    async fn negotiate(&mut self) -> Result<(), Status> {
+        let instance = self.instance.clone();
+        let answer = self
+            .call("GetCapabilities", |t| {
+                let instance = instance.clone();
+                async move {
+                    reapi::capabilities_client::CapabilitiesClient::new(t)
+                        .get_capabilities(reapi::GetCapabilitiesRequest {
+                            instance_name: instance,
+                        })
+                        .await
+                }
+            })
+            .await;
+        match answer {
+            Ok(caps) => {
+                if let Some(cache) = caps.into_inner().cache_capabilities {
+                    let advertised = u64::try_from(cache.max_batch_total_size_bytes).unwrap_or(0);
+                    let server = if advertised == 0 {
+                        DEFAULT_BATCH_BYTES
+                    } else {
+                        advertised
+                    };
+                    self.limits.batch_bytes = server.min(self.options.max_batch_bytes);
+                    self.limits.zstd = cache
+                        .supported_compressors
+                        .contains(&(reapi::compressor::Value::Zstd as i32));
+                    let functions: Vec<DigestFunction> = cache
+                        .digest_functions
+                        .iter()
+                        .filter_map(|f| DigestFunction::from_proto(*f))
+                        .collect();
+                    if !functions.is_empty() {
+                        self.limits.digest_functions = functions;
+                    }
+                }
+            }
+            Err(status) if status.code() == Code::Unimplemented => {}
+            Err(status) => return Err(status),
+        }
+        let instance = self.instance.clone();
+        let probe = self
+            .call("BatchReadBlobs", |t| {
+                let instance = instance.clone();
+                async move {
+                    self::cas_client(t)
+                        .batch_read_blobs(reapi::BatchReadBlobsRequest {
+                            instance_name: instance,
+                            ..Default::default()
+                        })
+                        .await
+                }
+            })
+            .await;
+        match probe {
+            Ok(_) => {}
+            Err(status) if status.code() == Code::Unimplemented => self.limits.batch_read = false,
+            Err(status) => return Err(status),
+        }
+        Ok(())
+    }
+
+    /// What was negotiated.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// RPC counts and traffic so far.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// The instance name every request carries.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// Runs one RPC with a slot among the requests in flight, counted under `method`,
+    /// retrying with backoff while the server is away, slow or momentarily full.
+    pub(crate) async fn call<T, F, Fut>(&self, method: &'static str, mut rpc: F) -> Result<T, Status>
+    where
+        F: FnMut(connect::Transport) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let mut delay = Duration::from_millis(50);
+        let mut attempt = 0;
+        loop {
+            let answer = {
+                let _slot = self
+                    .in_flight
+                    .acquire()
+                    .await
+                    .map_err(|_| Status::cancelled("client closed"))?;
+                self.stats.rpc(method);
+                rpc(self.transport.clone()).await
+            };
+            match answer {
+                Err(status) if retryable(status.code()) && attempt < self.options.retries => {
+                    attempt += 1;
+                    self.stats.retry();
+                    tracing::debug!(method, attempt, code = ?status.code(), "retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                answer => return answer,
+            }
+        }
+    }
+}
+
+/// A CAS client on `transport` with the server's message limits.
+pub(crate) fn cas_client(
+    transport: connect::Transport,
+) -> reapi::content_addressable_storage_client::ContentAddressableStorageClient<connect::Transport> {
+    reapi::content_addressable_storage_client::ContentAddressableStorageClient::new(transport)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}

@@ -1,0 +1,489 @@
+//! [`RemoteCas`] as a [`BlobStore`], and the batch and stream primitives transfers use.
+//!
+//! Uploads are hashed here before they are sent, so a blob that does not match its digest is
+//! refused with [`StoreError::DigestMismatch`] and never reaches the server.
+
+use std::collections::HashSet;
+
+use async_trait::async_trait;
+use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
+use bazel_remote_apis::google::bytestream::{ReadRequest, WriteRequest, WriteResponse, byte_stream_client};
+use bytes::Bytes;
+use casket_model::{Digest, DigestFunction, DigestHasher};
+use casket_store::{
+    BlobStore, BlobStoreExt, BlobStream, BlobWriter, NewBlob, ReadRange, Result, StoreError, Usage,
+};
+use futures::{StreamExt, TryStreamExt};
+use tokio::sync::mpsc;
+use tonic::{Code, Status};
+
+use super::{BATCH_ITEM_OVERHEAD, RemoteCas, cas_client, connect::Transport};
+use crate::resource_name::{read_name, write_name};
+use crate::server::MAX_MESSAGE_BYTES;
+
+/// Digests per FindMissingBlobs request (about 1 MB of digests).
+const FIND_MISSING_CHUNK: usize = 10_000;
+
+/// Bytes per ByteStream WriteRequest.
+pub(crate) const WRITE_CHUNK: usize = 1 << 20;
+
+/// A failed RPC as a store error.
+pub(crate) fn remote_error(operation: &'static str, status: &Status) -> StoreError {
+    StoreError::Remote {
+        operation,
+        code: status.code() as i32,
+        code_name: format!("{:?}", status.code()),
+        message: status.message().to_owned(),
+    }
+}
+
+/// A unique upload id in UUID form.
+pub(crate) fn upload_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut bytes = [0u8; 16];
+    for half in bytes.chunks_mut(8) {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        half.copy_from_slice(&hasher.finish().to_le_bytes());
+    }
+    let hex = hex_string(&bytes);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}
+
+fn hex_string(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether `digest` travels in a batch (else by ByteStream), given the batch limit.
+pub(crate) fn fits_batch(digest: &Digest, batch_bytes: u64) -> bool {
+    digest.size() + BATCH_ITEM_OVERHEAD <= batch_bytes
+}
+
+/// Groups items into batches of at most `batch_bytes` (each blob's data plus overhead).
+pub(crate) fn pack<T>(
+    items: impl IntoIterator<Item = T>,
+    digest: impl Fn(&T) -> &Digest,
+    batch_bytes: u64,
+) -> Vec<Vec<T>> {
+    let mut batches = Vec::new();
+    let mut current = Vec::new();
+    let mut bytes = 0;
+    for item in items {
+        let cost = digest(&item).size() + BATCH_ITEM_OVERHEAD;
+        if !current.is_empty() && bytes + cost > batch_bytes {
+            batches.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        bytes += cost;
+        current.push(item);
+    }
+    if !current.is_empty() {
+        batches.push(current);
+    }
+    batches
+}
+
+impl RemoteCas {
+    fn function_field(&self, function: DigestFunction) -> i32 {
+        function.to_proto() as i32
+    }
+
+    /// The subset of `digests` the server does not have.
+    pub(crate) async fn missing(&self, digests: &[Digest]) -> Result<HashSet<Digest>, Status> {
+        let mut by_function: Vec<(DigestFunction, Vec<Digest>)> = Vec::new();
+        for digest in digests {
+            if digest.size() == 0 && *digest == digest.function().empty_digest() {
+                continue;
+            }
+            match by_function.iter_mut().find(|(f, _)| *f == digest.function()) {
+                Some((_, list)) => list.push(*digest),
+                None => by_function.push((digest.function(), vec![*digest])),
+            }
+        }
+        let mut requests = Vec::new();
+        for (function, list) in &by_function {
+            for chunk in list.chunks(FIND_MISSING_CHUNK) {
+                let request = reapi::FindMissingBlobsRequest {
+                    instance_name: self.instance.clone(),
+                    blob_digests: chunk.iter().map(Digest::to_proto).collect(),
+                    digest_function: self.function_field(*function),
+                };
+                requests.push((*function, request));
+            }
+        }
+        let answers: Vec<Vec<Digest>> = futures::stream::iter(requests)
+            .map(|(function, request)| async move {
+                let response = self
+                    .call("FindMissingBlobs", |t| {
+                        let request = request.clone();
+                        async move { cas_client(t).find_missing_blobs(request).await }
+                    })
+                    .await?;
+                response
+                    .into_inner()
+                    .missing_blob_digests
+                    .iter()
+                    .map(|d| {
+                        Digest::from_proto(function, d)
+                            .map_err(|e| Status::internal(format!("server sent {e}")))
+                    })
+                    .collect::<Result<Vec<_>, Status>>()
+            })
+            .buffer_unordered(self.options.concurrency.max(1))
+            .try_collect()
+            .await?;
+        Ok(answers.into_iter().flatten().collect())
+    }
+
+    /// BatchReadBlobs of `digests` (which must fit one batch): each blob's data or status.
+    pub(crate) async fn batch_read(
+        &self,
+        function: DigestFunction,
+        digests: &[Digest],
+    ) -> Result<Vec<(Digest, Result<Bytes, Status>)>, Status> {
+        let request = reapi::BatchReadBlobsRequest {
+            instance_name: self.instance.clone(),
+            digests: digests.iter().map(Digest::to_proto).collect(),
+            acceptable_compressors: Vec::new(),
+            digest_function: self.function_field(function),
+        };
+        let response = self
+            .call("BatchReadBlobs", |t| {
+                let request = request.clone();
+                async move { cas_client(t).batch_read_blobs(request).await }
+            })
+            .await?
+            .into_inner();
+        let mut out = Vec::with_capacity(response.responses.len());
+        for item in response.responses {
+            let digest = Digest::from_proto(function, &item.digest.unwrap_or_default())
+                .map_err(|e| Status::internal(format!("server answered for an invalid digest: {e}")))?;
+            let status = item.status.unwrap_or_default();
+            let result = if status.code == 0 {
+                self.stats.received(1, item.data.len() as u64);
+                Ok(Bytes::from(item.data))
+            } else {
+                Err(Status::new(Code::from_i32(status.code), status.message))
+            };
+            out.push((digest, result));
+        }
+        Ok(out)
+    }
+
+    /// BatchUpdateBlobs of `blobs` (which must fit one batch, and be verified): each blob's
+    /// outcome.
+    pub(crate) async fn batch_update(
+        &self,
+        function: DigestFunction,
+        blobs: Vec<(Digest, Bytes)>,
+    ) -> Result<Vec<(Digest, Result<(), Status>)>, Status> {
+        let bytes: u64 = blobs.iter().map(|(d, _)| d.size()).sum();
+        let count = blobs.len() as u64;
+        let request = reapi::BatchUpdateBlobsRequest {
+            instance_name: self.instance.clone(),
+            requests: blobs
+                .into_iter()
+                .map(|(digest, data)| reapi::batch_update_blobs_request::Request {
+                    digest: Some(digest.to_proto()),
+                    data: data.to_vec(),
+                    compressor: 0,
+                })
+                .collect(),
+            digest_function: self.function_field(function),
+        };
+        let response = self
+            .call("BatchUpdateBlobs", |t| {
+                let request = request.clone();
+                async move { cas_client(t).batch_update_blobs(request).await }
+            })
+            .await?
+            .into_inner();
+        self.stats.sent(count, bytes);
+        response
+            .responses
+            .into_iter()
+            .map(|item| {
+                let digest = Digest::from_proto(function, &item.digest.unwrap_or_default())
+                    .map_err(|e| Status::internal(format!("server answered for an invalid digest: {e}")))?;
+                let status = item.status.unwrap_or_default();
+                let result = match status.code {
+                    0 => Ok(()),
+                    code => Err(Status::new(Code::from_i32(code), status.message)),
+                };
+                Ok((digest, result))
+            })
+            .collect()
+    }
+
+    /// A ByteStream read of `range` of `digest`; `Ok(None)` if the server does not have it.
+    pub(crate) async fn byte_stream_read(
+        &self,
+        digest: &Digest,
+        range: ReadRange,
+    ) -> Result<Option<BlobStream>> {
+        let request = ReadRequest {
+            resource_name: read_name(&self.instance, digest, None),
+            read_offset: range.offset as i64,
+            read_limit: range.limit.map_or(0, |l| l as i64),
+        };
+        let answer = self
+            .call("ByteStream.Read", |t| {
+                let request = request.clone();
+                async move {
+                    byte_stream_client::ByteStreamClient::new(t)
+                        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                        .read(request)
+                        .await
+                }
+            })
+            .await;
+        let stream = match answer {
+            Ok(response) => response.into_inner(),
+            Err(status) if status.code() == Code::NotFound => return Ok(None),
+            Err(status) if status.code() == Code::OutOfRange => {
+                return Err(StoreError::OffsetOutOfRange {
+                    digest: *digest,
+                    offset: range.offset,
+                });
+            }
+            Err(status) => return Err(remote_error("ByteStream.Read", &status)),
+        };
+        let stats = self.stats.clone();
+        Ok(Some(
+            stream
+                .map(move |message| match message {
+                    Ok(message) => {
+                        stats.received(0, message.data.len() as u64);
+                        Ok(Bytes::from(message.data))
+                    }
+                    Err(status) => Err(remote_error("ByteStream.Read", &status)),
+                })
+                .boxed(),
+        ))
+    }
+}
+
+/// A ByteStream Write fed chunk by chunk, hashed locally before it is finished.
+struct RemoteWriter {
+    digest: Digest,
+    name: String,
+    hasher: DigestHasher,
+    written: u64,
+    /// `None` once the server ended the call (it already has the blob).
+    sender: Option<mpsc::Sender<WriteRequest>>,
+    call: tokio::task::JoinHandle<Result<WriteResponse, Status>>,
+}
+
+#[async_trait]
+impl BlobWriter for RemoteWriter {
+    async fn write(&mut self, chunk: Bytes) -> Result<()> {
+        if self.written + chunk.len() as u64 > self.digest.size() {
+            return Err(StoreError::TooLong(self.digest));
+        }
+        self.hasher.update(&chunk);
+        for piece in chunk.chunks(WRITE_CHUNK) {
+            let request = WriteRequest {
+                resource_name: if self.written == 0 {
+                    self.name.clone()
+                } else {
+                    String::new()
+                },
+                write_offset: self.written as i64,
+                finish_write: false,
+                data: piece.to_vec(),
+            };
+            self.written += piece.len() as u64;
+            if let Some(sender) = &self.sender
+                && sender.send(request).await.is_err()
+            {
+                self.sender = None;
+            }
+        }
+        Ok(())
+    }
+
+    fn written(&self) -> u64 {
+        self.written
+    }
+
+    async fn commit(self: Box<Self>) -> Result<()> {
+        let RemoteWriter {
+            digest,
+            name,
+            hasher,
+            written,
+            sender,
+            call,
+        } = *self;
+        let actual = hasher.finish();
+        if actual != digest {
+            // Ending the stream without finish_write leaves nothing stored.
+            drop(sender);
+            call.abort();
+            return Err(StoreError::DigestMismatch {
+                expected: digest,
+                actual,
+            });
+        }
+        if let Some(sender) = sender {
+            let last = WriteRequest {
+                resource_name: if written == 0 { name } else { String::new() },
+                write_offset: written as i64,
+                finish_write: true,
+                data: Vec::new(),
+            };
+            // A closed stream means the server already answered; its answer says how it went.
+            let _ = sender.send(last).await;
+        }
+        let response = call
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+            .map_err(|status| remote_error("ByteStream.Write", &status))?;
+        if response.committed_size != digest.size() as i64 {
+            return Err(StoreError::Remote {
+                operation: "ByteStream.Write",
+                code: Code::DataLoss as i32,
+                code_name: "DataLoss".to_owned(),
+                message: format!(
+                    "the server committed {} of {} bytes",
+                    response.committed_size,
+                    digest.size()
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// An upload of the empty blob, which every server has.
+struct EmptyWriter(Digest, u64);
+
+#[async_trait]
+impl BlobWriter for EmptyWriter {
+    async fn write(&mut self, chunk: Bytes) -> Result<()> {
+        self.1 += chunk.len() as u64;
+        if self.1 > 0 {
+            return Err(StoreError::TooLong(self.0));
+        }
+        Ok(())
+    }
+
+    fn written(&self) -> u64 {
+        self.1
+    }
+
+    async fn commit(self: Box<Self>) -> Result<()> {
+        Ok(())
+    }
+}
+
+fn is_empty_blob(digest: &Digest) -> bool {
+    *digest == digest.function().empty_digest()
+}
+
+#[async_trait]
+impl BlobStore for RemoteCas {
+    async fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>> {
+        let missing = self
+            .missing(digests)
+            .await
+            .map_err(|s| remote_error("FindMissingBlobs", &s))?;
+        Ok(digests.iter().filter(|d| missing.contains(d)).copied().collect())
+    }
+
+    async fn read(&self, digest: &Digest, range: ReadRange) -> Result<Option<BlobStream>> {
+        let length = range.len_in(digest)?;
+        if is_empty_blob(digest) || length == 0 {
+            // Nothing to transfer; REAPI's read_limit 0 would mean "everything".
+            return Ok(self
+                .contains(digest)
+                .await?
+                .then(|| futures::stream::empty().boxed()));
+        }
+        self.byte_stream_read(digest, range).await
+    }
+
+    async fn begin_write(&self, digest: &Digest) -> Result<Box<dyn BlobWriter>> {
+        if is_empty_blob(digest) {
+            return Ok(Box::new(EmptyWriter(*digest, 0)));
+        }
+        let (sender, receiver) = mpsc::channel(4);
+        let transport: Transport = self.transport.clone();
+        self.stats.rpc("ByteStream.Write");
+        let call = tokio::spawn(async move {
+            byte_stream_client::ByteStreamClient::new(transport)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES)
+                .write(tokio_stream::wrappers::ReceiverStream::new(receiver))
+                .await
+                .map(tonic::Response::into_inner)
+        });
+        let size = digest.size();
+        self.stats.sent(1, size);
+        Ok(Box::new(RemoteWriter {
+            digest: *digest,
+            name: write_name(&self.instance, &upload_id(), digest, None),
+            hasher: DigestHasher::new(digest.function()),
+            written: 0,
+            sender: Some(sender),
+            call,
+        }))
+    }
+
+    async fn delete(&self, _digest: &Digest) -> Result<bool> {
+        Err(StoreError::Unsupported("deleting from a remote cache"))
+    }
+
+    async fn usage(&self) -> Result<Usage> {
+        Err(StoreError::Unsupported("usage of a remote cache"))
+    }
+
+    async fn put_many(&self, function: DigestFunction, blobs: Vec<NewBlob>) -> Result<Vec<Result<Digest>>> {
+        let mut results: Vec<Result<Digest>> = blobs.iter().map(|blob| blob.verify(function)).collect();
+        let verified: Vec<(usize, Digest, Bytes)> = results
+            .iter()
+            .zip(blobs)
+            .enumerate()
+            .filter_map(|(i, (r, blob))| r.as_ref().ok().map(|d| (i, *d, blob.data)))
+            .collect();
+        let limit = self.limits.batch_bytes;
+        let (small, large): (Vec<_>, Vec<_>) =
+            verified.into_iter().partition(|(_, d, _)| fits_batch(d, limit));
+        for (i, digest, data) in large {
+            results[i] = self.put_verified(&digest, data).await.map(|()| digest);
+        }
+        for batch in pack(small, |(_, d, _)| d, limit) {
+            let indices: Vec<(usize, Digest)> = batch.iter().map(|(i, d, _)| (*i, *d)).collect();
+            let answers = self
+                .batch_update(
+                    function,
+                    batch.into_iter().map(|(_, d, data)| (d, data)).collect(),
+                )
+                .await
+                .map_err(|s| remote_error("BatchUpdateBlobs", &s))?;
+            for (i, digest) in indices {
+                results[i] = match answers.iter().find(|(d, _)| *d == digest) {
+                    Some((_, Ok(()))) => Ok(digest),
+                    Some((_, Err(status))) => Err(remote_error("BatchUpdateBlobs", status)),
+                    None => Err(StoreError::Remote {
+                        operation: "BatchUpdateBlobs",
+                        code: Code::Internal as i32,
+                        code_name: "Internal".to_owned(),
+                        message: format!("the server did not answer for {digest}"),
+                    }),
+                };
+            }
+        }
+        Ok(results)
+    }
+}
