@@ -80,7 +80,9 @@ async fn trees_push_pull_and_re_push_with_find_missing_only() {
     let root = captured(&source, &make_tree(dir.path(), 4, 2)).await;
 
     let remote = client(&server).await;
-    let pushed = push_tree(Arc::new(source.clone()), &remote, &root).await.unwrap();
+    let pushed = push_tree(Arc::new(source.clone()), &remote, &root, &())
+        .await
+        .unwrap();
     // Only the empty blob (the empty directories) is there already: every server has it.
     assert_eq!(pushed.present, 1);
     assert!(pushed.transferred_blobs > 160);
@@ -89,7 +91,7 @@ async fn trees_push_pull_and_re_push_with_find_missing_only() {
     // Again: the server has everything, so only existence checks go out.
     let again = client(&server).await;
     let before = again.stats().rpcs();
-    let repushed = push_tree(Arc::new(source), &again, &root).await.unwrap();
+    let repushed = push_tree(Arc::new(source), &again, &root, &()).await.unwrap();
     assert_eq!(repushed.transferred_blobs, 0);
     let mut sent = again.stats().rpcs();
     for (method, count) in before {
@@ -99,11 +101,15 @@ async fn trees_push_pull_and_re_push_with_find_missing_only() {
     assert_eq!(sent.keys().copied().collect::<Vec<_>>(), vec!["FindMissingBlobs"]);
 
     let target = store(dir.path(), "target");
-    let pulled = pull_tree(&remote, Arc::new(target.clone()), &root).await.unwrap();
+    let pulled = pull_tree(&remote, Arc::new(target.clone()), &root, Arc::new(()))
+        .await
+        .unwrap();
     assert_eq!(pulled.present, 1);
     assert_complete(&target, &root).await;
     // Pulling again fetches nothing.
-    let repull = pull_tree(&remote, Arc::new(target.clone()), &root).await.unwrap();
+    let repull = pull_tree(&remote, Arc::new(target.clone()), &root, Arc::new(()))
+        .await
+        .unwrap();
     assert_eq!(repull.transferred_blobs, 0);
 }
 
@@ -121,9 +127,11 @@ async fn a_64_kib_batch_limit_is_never_exceeded() {
     let remote = client(&server).await;
     assert_eq!(remote.limits().batch_bytes, 64 << 10);
     // The server refuses any batch over its limit, so success means none was sent.
-    push_tree(Arc::new(source), &remote, &root).await.unwrap();
+    push_tree(Arc::new(source), &remote, &root, &()).await.unwrap();
     let target = store(dir.path(), "target");
-    pull_tree(&remote, Arc::new(target.clone()), &root).await.unwrap();
+    pull_tree(&remote, Arc::new(target.clone()), &root, Arc::new(()))
+        .await
+        .unwrap();
     assert_complete(&target, &root).await;
     let rpcs = remote.stats().rpcs();
     assert!(
@@ -148,9 +156,11 @@ async fn without_batch_reads_or_get_tree_everything_streams_level_by_level() {
     let root = captured(&source, &make_tree(dir.path(), 3, 1)).await;
     let remote = client(&server).await;
     assert!(!remote.limits().batch_read);
-    push_tree(Arc::new(source), &remote, &root).await.unwrap();
+    push_tree(Arc::new(source), &remote, &root, &()).await.unwrap();
     let target = store(dir.path(), "target");
-    pull_tree(&remote, Arc::new(target.clone()), &root).await.unwrap();
+    pull_tree(&remote, Arc::new(target.clone()), &root, Arc::new(()))
+        .await
+        .unwrap();
     assert_complete(&target, &root).await;
     let rpcs = remote.stats().rpcs();
     assert_eq!(rpcs["BatchReadBlobs"], 1, "only the start-up probe: {rpcs:?}");
@@ -165,14 +175,18 @@ async fn pull_rpcs_stay_within_bytes_over_the_batch_limit_plus_depth() {
     let depth = 6;
     let root = captured(&source, &make_tree(dir.path(), depth, 0)).await;
     let remote = client(&server).await;
-    push_tree(Arc::new(source.clone()), &remote, &root).await.unwrap();
+    push_tree(Arc::new(source.clone()), &remote, &root, &())
+        .await
+        .unwrap();
     let tree = Tree::load(&source, &root, 8).await.unwrap();
     let bytes: u64 = tree.digests().iter().map(Digest::size).sum();
 
     let puller = client(&server).await;
     let probes = puller.stats().rpcs().values().sum::<u64>();
     let target = store(dir.path(), "target");
-    pull_tree(&puller, Arc::new(target.clone()), &root).await.unwrap();
+    pull_tree(&puller, Arc::new(target.clone()), &root, Arc::new(()))
+        .await
+        .unwrap();
     assert_complete(&target, &root).await;
     let rpcs = puller.stats().rpcs();
     let calls = rpcs.values().sum::<u64>() - probes;
@@ -193,7 +207,7 @@ async fn a_corrupt_blob_from_the_server_is_reported_and_not_stored() {
     std::fs::write(tree_dir.join("victim"), b"the original content").unwrap();
     let root = captured(&source, &tree_dir).await;
     let remote = client(&server).await;
-    push_tree(Arc::new(source), &remote, &root).await.unwrap();
+    push_tree(Arc::new(source), &remote, &root, &()).await.unwrap();
 
     // Corrupt the server's copy at rest (same size, different bytes).
     let victim = Digest::of(DigestFunction::Sha256, b"the original content");
@@ -202,7 +216,7 @@ async fn a_corrupt_blob_from_the_server_is_reported_and_not_stored() {
     std::fs::write(&object, b"THE ORIGINAL CONTENT").unwrap();
 
     let target = store(dir.path(), "target");
-    let err = pull_tree(&remote, Arc::new(target.clone()), &root)
+    let err = pull_tree(&remote, Arc::new(target.clone()), &root, Arc::new(()))
         .await
         .unwrap_err();
     assert!(
@@ -228,7 +242,7 @@ async fn refs_round_trip_through_remote_asset_and_reference_storage() {
         let remote = client(&server).await;
         let name = RefName::new("project/element/0123abcd").unwrap();
         assert_eq!(remote.get_ref(&name).await.unwrap(), None);
-        push_tree(Arc::new(source), &remote, &root).await.unwrap();
+        push_tree(Arc::new(source), &remote, &root, &()).await.unwrap();
         remote.set_ref(&name, &root).await.unwrap();
         assert_eq!(
             remote.get_ref(&name).await.unwrap(),

@@ -19,6 +19,8 @@ use clap::{Args, Parser, Subcommand};
     version,
     after_help = "Examples:
   casket serve --allow-push                                    a cache for Bazel and BuildStream
+  casket push ./out --remote grpc://cache:50051 --ref p/app/1  upload a tree and name it
+  casket pull p/app/1 --remote grpc://cache:50051 ./app        download and check it out
   casket capture ./build/output --ref myproject/app/1a2b3c   store a directory, name it
   casket checkout myproject/app/1a2b3c /tmp/app                materialise it (hard links)
   casket ls -r myproject/app/1a2b3c                            list it
@@ -54,6 +56,14 @@ enum Command {
     /// Serve the store over gRPC: REAPI cache, ByteStream, BuildStream refs, health.
     #[command(after_help = "Example: casket serve --listen 127.0.0.1:50051 --allow-push")]
     Serve(commands::serve::ServeArgs),
+    /// Upload a tree (a directory, digest or ref) to a REAPI server, optionally naming it.
+    #[command(after_help = "Examples:
+  casket push ./out --remote grpc://cache:50051 --ref project/app/1a2b
+  casket push project/app/1a2b --remote grpcs://cache:443 --token-file ~/.casket-token")]
+    Push(commands::remote::PushArgs),
+    /// Download a tree (by digest or server-side ref) into the store, optionally checking it out.
+    #[command(after_help = "Example: casket pull project/app/1a2b --remote grpc://cache:50051 ./app")]
+    Pull(commands::remote::PullArgs),
     /// Store a directory as a Merkle tree and print its root digest.
     #[command(after_help = "Example: casket capture ./out --ref project/element/key")]
     Capture(commands::tree::CaptureArgs),

@@ -60,12 +60,15 @@ pub struct RemoteCas {
     stats: Arc<Stats>,
 }
 
-/// Codes worth retrying: the server was away, slow, or momentarily out of room.
-fn retryable(code: Code) -> bool {
-    matches!(
-        code,
-        Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted
-    )
+/// Failures worth retrying: the server was away, slow, or momentarily out of room, or the
+/// connection broke (which tonic reports as UNKNOWN with the transport error as its source;
+/// a server's own UNKNOWN has none).
+fn retryable(status: &Status) -> bool {
+    match status.code() {
+        Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted => true,
+        Code::Unknown => std::error::Error::source(status).is_some(),
+        _ => false,
+    }
 }
 
 impl RemoteCas {
@@ -191,7 +194,7 @@ impl RemoteCas {
                 rpc(self.transport.clone()).await
             };
             match answer {
-                Err(status) if retryable(status.code()) && attempt < self.options.retries => {
+                Err(status) if retryable(&status) && attempt < self.options.retries => {
                     attempt += 1;
                     self.stats.retry();
                     tracing::debug!(method, attempt, code = ?status.code(), "retrying");

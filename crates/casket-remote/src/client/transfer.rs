@@ -21,7 +21,7 @@ use bazel_remote_apis::google::bytestream::{QueryWriteStatusRequest, WriteReques
 use bytes::Bytes;
 use casket_model::{Digest, Directory, Node};
 use casket_store::{BlobStore, BlobStoreExt, NewBlob, ReadRange, StoreError};
-use casket_tree::{Tree, TreeError};
+use casket_tree::{Progress, Tree, TreeError};
 use futures::{StreamExt, TryStreamExt};
 use tonic::{Code, Status};
 
@@ -93,11 +93,12 @@ pub async fn push_tree(
     local: Arc<dyn BlobStore>,
     remote: &RemoteCas,
     root: &Digest,
+    progress: &dyn Progress,
 ) -> Result<TransferReport, TransferError> {
     let start = Instant::now();
     let tree = Tree::load(local.as_ref(), root, remote.options.concurrency).await?;
     let digests: Vec<Digest> = tree.digests().into_iter().collect();
-    let mut report = push_blobs(local, remote, &digests).await?;
+    let mut report = push_blobs(local, remote, &digests, progress).await?;
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
 }
@@ -107,6 +108,7 @@ pub async fn push_blobs(
     local: Arc<dyn BlobStore>,
     remote: &RemoteCas,
     digests: &[Digest],
+    progress: &dyn Progress,
 ) -> Result<TransferReport, TransferError> {
     let start = Instant::now();
     let missing = remote
@@ -120,15 +122,16 @@ pub async fn push_blobs(
         transferred_bytes: missing.iter().map(Digest::size).sum(),
         seconds: 0.0,
     };
+    progress.start(report.transferred_blobs, report.transferred_bytes);
     let limit = remote.limits.batch_bytes;
     let (small, large): (Vec<Digest>, Vec<Digest>) = missing.into_iter().partition(|d| fits_batch(d, limit));
     let concurrency = remote.options.concurrency.max(1);
     let batches = futures::stream::iter(pack(small, |d| d, limit))
-        .map(|batch| upload_batch(local.clone(), remote, batch))
+        .map(|batch| upload_batch(local.clone(), remote, batch, progress))
         .buffer_unordered(concurrency)
         .try_collect::<Vec<()>>();
     let streams = futures::stream::iter(large)
-        .map(|digest| upload_stream(local.clone(), remote, digest))
+        .map(|digest| upload_stream(local.clone(), remote, digest, progress))
         .buffer_unordered(concurrency.min(4))
         .try_collect::<Vec<()>>();
     futures::try_join!(batches, streams)?;
@@ -141,7 +144,9 @@ async fn upload_batch(
     local: Arc<dyn BlobStore>,
     remote: &RemoteCas,
     batch: Vec<Digest>,
+    progress: &dyn Progress,
 ) -> Result<(), TransferError> {
+    let (count, bytes) = (batch.len() as u64, batch.iter().map(Digest::size).sum());
     let function = batch[0].function();
     let blobs: Vec<(Digest, Bytes)> = futures::stream::iter(batch)
         .map(|digest| {
@@ -167,6 +172,7 @@ async fn upload_batch(
             status: Status::new(status.code(), format!("{digest}: {}", status.message())),
         })?;
     }
+    progress.advance(count, bytes);
     Ok(())
 }
 
@@ -176,6 +182,7 @@ async fn upload_stream(
     local: Arc<dyn BlobStore>,
     remote: &RemoteCas,
     digest: Digest,
+    progress: &dyn Progress,
 ) -> Result<(), TransferError> {
     let name = write_name(&remote.instance, &upload_id(), &digest, None);
     let mut offset = 0u64;
@@ -189,6 +196,7 @@ async fn upload_stream(
                 .is_empty()
         {
             remote.stats.sent(1, 0);
+            progress.advance(1, digest.size());
             return Ok(());
         }
         let chunks = local
@@ -217,9 +225,10 @@ async fn upload_stream(
                     ))));
                 }
                 remote.stats.sent(1, digest.size() - offset);
+                progress.advance(1, digest.size());
                 return Ok(());
             }
-            Err(status) if super::retryable(status.code()) && attempts < remote.options.retries => {
+            Err(status) if super::retryable(&status) && attempts < remote.options.retries => {
                 attempts += 1;
                 remote.stats.retry();
                 tokio::time::sleep(std::time::Duration::from_millis(100 << attempts.min(6))).await;
@@ -299,6 +308,11 @@ struct Tally {
 }
 
 impl Tally {
+    /// Shows the work found so far as the work ahead.
+    fn show(&self, progress: &dyn Progress) {
+        progress.start(self.report.transferred_blobs, self.report.transferred_bytes);
+    }
+
     fn add(&mut self, wanted: &[Digest], missing: &[Digest]) {
         let missing: HashSet<&Digest> = missing.iter().collect();
         for digest in wanted {
@@ -320,6 +334,7 @@ pub async fn pull_tree(
     remote: &RemoteCas,
     local: Arc<dyn BlobStore>,
     root: &Digest,
+    progress: Arc<dyn Progress>,
 ) -> Result<TransferReport, TransferError> {
     let start = Instant::now();
     let mut tally = Tally::default();
@@ -332,9 +347,14 @@ pub async fn pull_tree(
         level.retain(|d| seen_directories.insert(*d));
         let missing: Vec<Digest> = local.find_missing(&level).await?;
         tally.add(&level, &missing);
+        tally.show(progress.as_ref());
         let listed_here = store_listed(local.as_ref(), &listed, &missing).await?;
         let still_missing = missing.into_iter().filter(|d| !listed_here.contains(d)).collect();
-        fetch_blobs(remote, local.clone(), still_missing).await?;
+        progress.advance(
+            listed_here.len() as u64,
+            listed_here.iter().map(Digest::size).sum(),
+        );
+        fetch_blobs(remote, local.clone(), still_missing, progress.as_ref()).await?;
 
         let mut next = Vec::new();
         let mut files = Vec::new();
@@ -349,8 +369,10 @@ pub async fn pull_tree(
         }
         let missing_files = local.find_missing(&files).await?;
         tally.add(&files, &missing_files);
-        let (remote, local) = (remote.clone(), local.clone());
-        file_fetches.spawn(async move { fetch_blobs(&remote, local, missing_files).await });
+        tally.show(progress.as_ref());
+        let (remote, local, progress) = (remote.clone(), local.clone(), progress.clone());
+        file_fetches
+            .spawn(async move { fetch_blobs(&remote, local, missing_files, progress.as_ref()).await });
         level = next;
     }
     while let Some(done) = file_fetches.join_next().await {
@@ -454,6 +476,7 @@ async fn fetch_blobs(
     remote: &RemoteCas,
     local: Arc<dyn BlobStore>,
     digests: Vec<Digest>,
+    progress: &dyn Progress,
 ) -> Result<(), TransferError> {
     let limit = remote.limits.batch_bytes;
     let batch_read = remote.limits.batch_read;
@@ -462,11 +485,11 @@ async fn fetch_blobs(
         .partition(|d| batch_read && fits_batch(d, limit));
     let concurrency = remote.options.concurrency.max(1);
     let batches = futures::stream::iter(pack(small, |d| d, limit))
-        .map(|batch| fetch_batch(remote, local.clone(), batch))
+        .map(|batch| fetch_batch(remote, local.clone(), batch, progress))
         .buffer_unordered(concurrency)
         .try_collect::<Vec<()>>();
     let streams = futures::stream::iter(large)
-        .map(|digest| fetch_stream(remote, local.clone(), digest))
+        .map(|digest| fetch_stream(remote, local.clone(), digest, progress))
         .buffer_unordered(concurrency.min(4))
         .try_collect::<Vec<()>>();
     futures::try_join!(batches, streams)?;
@@ -477,7 +500,9 @@ async fn fetch_batch(
     remote: &RemoteCas,
     local: Arc<dyn BlobStore>,
     batch: Vec<Digest>,
+    progress: &dyn Progress,
 ) -> Result<(), TransferError> {
+    let (count, bytes) = (batch.len() as u64, batch.iter().map(Digest::size).sum());
     let function = batch[0].function();
     let mut blobs = Vec::with_capacity(batch.len());
     for (digest, answer) in remote
@@ -497,6 +522,7 @@ async fn fetch_batch(
     for result in local.put_many(function, blobs).await? {
         result.map_err(storing)?;
     }
+    progress.advance(count, bytes);
     Ok(())
 }
 
@@ -506,6 +532,7 @@ async fn fetch_stream(
     remote: &RemoteCas,
     local: Arc<dyn BlobStore>,
     digest: Digest,
+    progress: &dyn Progress,
 ) -> Result<(), TransferError> {
     let mut writer = local.begin_write(&digest).await?;
     let mut attempts = 0;
@@ -541,6 +568,7 @@ async fn fetch_stream(
     }
     writer.commit().await.map_err(storing)?;
     remote.stats.received(1, 0);
+    progress.advance(1, digest.size());
     Ok(())
 }
 

@@ -11,6 +11,7 @@ macro_rules! out {
 pub mod blob;
 pub mod maintenance;
 pub mod refs;
+pub mod remote;
 pub mod serve;
 pub mod tree;
 
@@ -87,6 +88,8 @@ pub async fn run(global: Global, command: Command) -> anyhow::Result<ExitCode> {
     let cx = Context::open(&global)?;
     match command {
         Command::Serve(_) => unreachable!("handled above"),
+        Command::Push(args) => remote::push(&cx, args).await,
+        Command::Pull(args) => remote::pull(&cx, args).await,
         Command::Capture(args) => tree::capture(&cx, args).await,
         Command::Checkout(args) => tree::checkout(&cx, args).await,
         Command::Ls(args) => tree::ls(&cx, args).await,

@@ -102,8 +102,13 @@ pub(crate) struct Serve {
 impl Serve {
     /// Starts `casket serve` on `store` with `extra` arguments and waits until it listens.
     pub(crate) fn start(store: &Path, extra: &[&str]) -> Serve {
+        Serve::start_at(store, "127.0.0.1:0", extra)
+    }
+
+    /// Starts `casket serve` listening on `address`.
+    pub(crate) fn start_at(store: &Path, address: &str, extra: &[&str]) -> Serve {
         let mut child = casket(store)
-            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(["serve", "--listen", address])
             .args(extra)
             .stderr(Stdio::piped())
             .spawn()
