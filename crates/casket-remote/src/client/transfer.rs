@@ -612,7 +612,7 @@ mod tests {
                 0,
                 WRITE_CHUNK as i64,
                 WRITE_CHUNK as i64 + 3,
-                2 * WRITE_CHUNK as i64
+                2 * WRITE_CHUNK as i64 + 3
             ]
         );
         assert_eq!(requests.iter().filter(|r| r.finish_write).count(), 1);

@@ -15,20 +15,17 @@ use std::sync::{Arc, mpsc};
 use casket_model::{Digest, DigestFunction, DigestHasher};
 
 use super::DiskStore;
+use super::direct::{AlignedBuf, DIRECT_CHUNK, write_direct};
 use crate::error::{IoContext, Result, StoreError};
 
 /// Files up to this size are read into memory whole.
 const SMALL_FILE: u64 = 1 << 20;
 
 /// Size of each pipeline buffer.
-const PIPELINE_CHUNK: usize = 4 << 20;
+const PIPELINE_CHUNK: usize = DIRECT_CHUNK;
 
 /// Buffers circulating in the pipeline; bounds its memory to this many chunks.
 const PIPELINE_BUFFERS: usize = 4;
-
-/// `O_DIRECT` needs buffer addresses, lengths and file offsets aligned to the device's logical
-/// block size; 4 KiB covers every common device.
-const DIRECT_ALIGN: usize = 4096;
 
 impl DiskStore {
     /// Stores `data`, whose digest the caller computed from it, unless already present.
@@ -66,7 +63,9 @@ impl DiskStore {
         let tmp_dir = self.tmp_dir();
         let (free_tx, free_rx) = mpsc::sync_channel::<AlignedBuf>(PIPELINE_BUFFERS);
         for _ in 0..PIPELINE_BUFFERS {
-            free_tx.send(AlignedBuf::new()).map_err(|_| pipeline_stopped())?;
+            free_tx
+                .send(AlignedBuf::new(PIPELINE_CHUNK))
+                .map_err(|_| pipeline_stopped())?;
         }
         let (hash_tx, hash_rx) = mpsc::sync_channel::<Chunk>(PIPELINE_BUFFERS);
         let (write_tx, write_rx) = mpsc::sync_channel::<Chunk>(PIPELINE_BUFFERS);
@@ -124,29 +123,6 @@ fn pipeline_stopped() -> StoreError {
     StoreError::Task("ingestion pipeline stopped".into())
 }
 
-/// A heap buffer of [`PIPELINE_CHUNK`] bytes starting at a [`DIRECT_ALIGN`]-aligned address.
-struct AlignedBuf {
-    storage: Vec<u8>,
-    start: usize,
-}
-
-impl AlignedBuf {
-    fn new() -> Self {
-        let storage = vec![0u8; PIPELINE_CHUNK + DIRECT_ALIGN];
-        // The heap allocation never moves, so the offset stays valid when the Vec is moved.
-        let start = storage.as_ptr().align_offset(DIRECT_ALIGN);
-        AlignedBuf { storage, start }
-    }
-
-    fn as_slice(&self) -> &[u8] {
-        &self.storage[self.start..self.start + PIPELINE_CHUNK]
-    }
-
-    fn as_mut_slice(&mut self) -> &mut [u8] {
-        &mut self.storage[self.start..self.start + PIPELINE_CHUNK]
-    }
-}
-
 /// A filled buffer shared by the hashing and writing threads. Whichever drops the last
 /// reference returns the buffer to the pool.
 #[derive(Clone)]
@@ -183,17 +159,4 @@ fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
         }
     }
     Ok(filled)
-}
-
-/// Writes an aligned chunk. Only the last chunk of a file can have an unaligned length: its
-/// aligned part is written directly, then `O_DIRECT` is cleared for the tail.
-fn write_direct(file: &mut File, bytes: &[u8]) -> io::Result<()> {
-    let aligned = bytes.len() - bytes.len() % DIRECT_ALIGN;
-    file.write_all(&bytes[..aligned])?;
-    if aligned < bytes.len() {
-        let flags = rustix::fs::fcntl_getfl(&*file)?;
-        rustix::fs::fcntl_setfl(&*file, flags - rustix::fs::OFlags::DIRECT)?;
-        file.write_all(&bytes[aligned..])?;
-    }
-    Ok(())
 }

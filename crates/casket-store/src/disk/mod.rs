@@ -18,6 +18,7 @@
 //! processes) race harmlessly: the first link wins and the others find it there.
 
 mod accounting;
+mod direct;
 mod ingest;
 mod maintenance;
 mod temp;
@@ -322,8 +323,19 @@ impl BlobStore for DiskStore {
                 futures::stream::iter((!data.is_empty()).then_some(Ok(data))).boxed(),
             )),
             Some(Err((file, len))) => {
-                let reader = tokio::fs::File::from_std(file).take(len);
-                Ok(Some(reader_stream(reader, self.object_path(digest))))
+                // Large blobs bypass the page cache where the file system allows it.
+                let path = self.object_path(digest);
+                let direct = {
+                    let path = path.clone();
+                    blocking(move || direct::open_direct(&path).io_context("open", path)).await?
+                };
+                match direct {
+                    Some(direct) => Ok(Some(direct::direct_stream(direct, range.offset, len, path))),
+                    None => {
+                        let reader = tokio::fs::File::from_std(file).take(len);
+                        Ok(Some(reader_stream(reader, path)))
+                    }
+                }
             }
         }
     }

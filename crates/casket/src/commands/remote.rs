@@ -40,6 +40,9 @@ pub struct RemoteArgs {
     /// Requests in flight at once.
     #[arg(long, default_value_t = 16)]
     jobs: usize,
+    /// Our own cap on a batch request, below the server's limit.
+    #[arg(long, value_parser = crate::units::parse_size, value_name = "SIZE")]
+    max_batch_size: Option<u64>,
     /// Retries of a failed request (with backoff) before giving up.
     #[arg(long, default_value_t = 5)]
     retries: u32,
@@ -69,6 +72,9 @@ impl RemoteArgs {
             },
             concurrency: self.jobs.max(1),
             retries: self.retries,
+            max_batch_bytes: self
+                .max_batch_size
+                .unwrap_or(casket_remote::server::MAX_BATCH_BYTES),
             ..RemoteOptions::new(self.remote.clone())
         };
         RemoteCas::connect(options)
