@@ -28,7 +28,7 @@ enum Sink {
     Memory(Vec<Bytes>),
     File {
         /// The temp object, hasher and staging buffer; `None` after a failure.
-        state: Option<FileState>,
+        state: Option<Box<FileState>>,
         /// Chunks received but not yet hashed and staged.
         pending: Vec<Bytes>,
         pending_bytes: usize,
@@ -87,12 +87,12 @@ impl DiskWriter {
     /// A writer streaming into a temp object.
     pub(super) fn to_file(store: DiskStore, digest: Digest) -> Result<Self> {
         let temp = store.create_temp(true)?;
-        let state = FileState {
+        let state = Box::new(FileState {
             temp,
             hasher: DigestHasher::new(digest.function()),
             staged: AlignedBuf::new(DIRECT_CHUNK),
             filled: 0,
-        };
+        });
         Ok(DiskWriter {
             store,
             digest,
@@ -106,7 +106,7 @@ impl DiskWriter {
     }
 }
 
-fn take_state(state: &mut Option<FileState>) -> Result<FileState> {
+fn take_state(state: &mut Option<Box<FileState>>) -> Result<Box<FileState>> {
     state
         .take()
         .ok_or_else(|| StoreError::Task("write after a failed write".into()))
@@ -115,10 +115,10 @@ fn take_state(state: &mut Option<FileState>) -> Result<FileState> {
 /// Hashes and stages `pending` on a blocking thread; returns the state for the next call.
 async fn absorb(
     store: &DiskStore,
-    mut state: FileState,
+    mut state: Box<FileState>,
     pending: Vec<Bytes>,
     last: bool,
-) -> Result<FileState> {
+) -> Result<Box<FileState>> {
     let tmp = store.tmp_dir();
     blocking(move || {
         state.absorb(&pending).io_context("write", &tmp)?;
@@ -190,12 +190,12 @@ impl BlobWriter for DiskWriter {
             Sink::File { state, pending, .. } => {
                 let current = take_state(state)?;
                 let chunks = std::mem::take(pending);
-                let done = absorb(&store, current, chunks, true).await?;
-                let actual = done.hasher.finish();
+                let FileState { temp, hasher, .. } = *absorb(&store, current, chunks, true).await?;
+                let actual = hasher.finish();
                 if actual != expected {
                     return Err(mismatch(actual));
                 }
-                blocking(move || store.install(done.temp, &expected)).await
+                blocking(move || store.install(temp, &expected)).await
             }
         }
     }
