@@ -135,6 +135,20 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
         Ok(results)
     }
 
+    /// Reads several blobs of at most [`MAX_IN_MEMORY_BLOB`] bytes each, in order; `None` for
+    /// those absent (or stored with another size). The default reads them one by one; stores on a local disk read the
+    /// whole batch in one blocking task.
+    async fn get_many(&self, digests: &[Digest]) -> Result<Vec<Option<Bytes>>> {
+        let mut out = Vec::with_capacity(digests.len());
+        for digest in digests {
+            out.push(match BlobStoreExt::get_bytes(self, digest).await {
+                Err(StoreError::SizeMismatch { .. }) => None,
+                other => other?,
+            });
+        }
+        Ok(out)
+    }
+
     /// Stores the content of the regular file at `path` and returns its digest. The default
     /// hashes the file, then streams it into [`BlobStore::begin_write`]; stores on a local disk
     /// do it in one pass.

@@ -27,6 +27,7 @@ pub async fn run_remote(store: &dyn BlobStore) {
     put_then_read_back(store).await;
     put_many_returns_digests_in_order(store).await;
     find_missing_keeps_order_and_duplicates(store).await;
+    get_many_reads_in_order(store).await;
     mismatched_writes_store_nothing(store).await;
     abandoned_writes_store_nothing(store).await;
     reads_honour_offset_and_limit(store).await;
@@ -153,6 +154,19 @@ pub async fn mismatched_writes_store_nothing(store: &dyn BlobStore) {
 
     assert_eq!(store.find_missing(&[digest]).await.unwrap(), vec![digest]);
     assert_eq!(read_all(store, &digest, ReadRange::ALL).await, None);
+}
+
+/// `get_many` answers in order, `None` for absent and wrongly sized digests.
+pub async fn get_many_reads_in_order(store: &dyn BlobStore) {
+    let a = blob("many-a", 300);
+    let b = blob("many-b", 70_000);
+    let da = store.put_bytes(DigestFunction::Sha256, a.clone()).await.unwrap();
+    let db = store.put_bytes(DigestFunction::Sha256, b.clone()).await.unwrap();
+    let absent = Digest::of(DigestFunction::Sha256, b"never stored");
+    let wrong = Digest::new(da.function(), *da.hash(), 299).unwrap();
+    let empty = DigestFunction::Sha256.empty_digest();
+    let got = store.get_many(&[db, absent, da, wrong, empty]).await.unwrap();
+    assert_eq!(got, vec![Some(b), None, Some(a), None, Some(Bytes::new())]);
 }
 
 /// A writer dropped before `commit` stores nothing.

@@ -148,20 +148,15 @@ async fn upload_batch(
 ) -> Result<(), TransferError> {
     let (count, bytes) = (batch.len() as u64, batch.iter().map(Digest::size).sum());
     let function = batch[0].function();
-    let blobs: Vec<(Digest, Bytes)> = futures::stream::iter(batch)
-        .map(|digest| {
-            let local = local.clone();
-            async move {
-                let data = local
-                    .get_bytes(&digest)
-                    .await?
-                    .ok_or(StoreError::NotFound(digest))?;
-                Ok::<_, TransferError>((digest, data))
-            }
+    let contents = local.get_many(&batch).await?;
+    let blobs: Vec<(Digest, Bytes)> = batch
+        .into_iter()
+        .zip(contents)
+        .map(|(digest, data)| {
+            data.map(|data| (digest, data))
+                .ok_or(StoreError::NotFound(digest))
         })
-        .buffered(32)
-        .try_collect()
-        .await?;
+        .collect::<Result<_, _>>()?;
     for (digest, answer) in remote
         .batch_update(function, blobs)
         .await

@@ -181,30 +181,34 @@ impl reapi::content_addressable_storage_server::ContentAddressableStorage for Ca
             )));
         }
         let blobs = &self.shared.namespace(&request.instance_name).blobs;
-        let responses: Vec<reapi::batch_read_blobs_response::Response> =
-            futures::stream::iter(request.digests)
-                .map(|wire| async move {
-                    let mut response = reapi::batch_read_blobs_response::Response {
-                        digest: Some(wire.clone()),
-                        ..Default::default()
-                    };
-                    let read = match digest(function, Some(&wire)) {
-                        Ok(d) => blobs.get_bytes(&d).await.map_err(from_store),
-                        Err(e) => Err(e),
-                    };
-                    response.status = match read {
-                        Ok(Some(data)) => {
-                            response.data = data.to_vec();
-                            ok_status()
-                        }
-                        Ok(None) => rpc_status(Code::NotFound, "blob not found"),
-                        Err(e) => rpc_status(e.code(), e.message()),
-                    };
-                    response
-                })
-                .buffered(READ_CONCURRENCY)
-                .collect()
-                .await;
+        let parsed: Vec<Result<Digest, Status>> = request
+            .digests
+            .iter()
+            .map(|d| digest(function, Some(d)))
+            .collect();
+        let valid: Vec<Digest> = parsed.iter().filter_map(|d| d.as_ref().ok().copied()).collect();
+        // The whole batch is read in one blocking task.
+        let mut contents = blobs.get_many(&valid).await.map_err(from_store)?.into_iter();
+        let responses: Vec<reapi::batch_read_blobs_response::Response> = request
+            .digests
+            .into_iter()
+            .zip(parsed)
+            .map(|(wire, parsed)| {
+                let mut response = reapi::batch_read_blobs_response::Response {
+                    digest: Some(wire),
+                    ..Default::default()
+                };
+                response.status = match parsed.map(|_| contents.next().flatten()) {
+                    Ok(Some(data)) => {
+                        response.data = data.to_vec();
+                        ok_status()
+                    }
+                    Ok(None) => rpc_status(Code::NotFound, "blob not found"),
+                    Err(e) => rpc_status(e.code(), e.message()),
+                };
+                response
+            })
+            .collect();
         let found = responses
             .iter()
             .filter(|r| r.status.as_ref().is_some_and(|s| s.code == 0))

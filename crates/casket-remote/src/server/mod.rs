@@ -231,11 +231,12 @@ pub async fn serve(
         max_batch_bytes: options.max_batch_bytes.min(MAX_BATCH_BYTES),
     });
     let (_health_reporter, health) = tonic_health::server::health_reporter();
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Nagle's algorithm with delayed ACKs stalls each small response by about 40 ms; the
+    // builder's tcp_nodelay does not apply to a listener passed in, so set it here.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     // Large windows keep a single ByteStream at loopback or LAN speed; keepalives drop dead
     // clients (and their parked uploads' connections).
     let mut builder = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .initial_stream_window_size(Some(STREAM_WINDOW_BYTES))
         .initial_connection_window_size(Some(4 * STREAM_WINDOW_BYTES))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))

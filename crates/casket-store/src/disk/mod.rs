@@ -38,7 +38,9 @@ use tokio::io::AsyncReadExt;
 
 pub use maintenance::{ObjectInfo, ObjectScan};
 
-use crate::blob_store::{BlobStore, BlobStream, BlobWriter, NewBlob, ReadRange, Usage, reader_stream};
+use crate::blob_store::{
+    BlobStore, BlobStream, BlobWriter, MAX_IN_MEMORY_BLOB, NewBlob, ReadRange, Usage, reader_stream,
+};
 use crate::error::{IoContext, Result, StoreError, blocking};
 
 const MARKER_FILE: &str = "casket-store";
@@ -338,6 +340,37 @@ impl BlobStore for DiskStore {
                 }
             }
         }
+    }
+
+    async fn get_many(&self, digests: &[Digest]) -> Result<Vec<Option<Bytes>>> {
+        if let Some(large) = digests.iter().find(|d| d.size() > MAX_IN_MEMORY_BLOB) {
+            return Err(StoreError::TooLarge {
+                digest: *large,
+                limit: MAX_IN_MEMORY_BLOB,
+            });
+        }
+        let store = self.clone();
+        let digests = digests.to_vec();
+        blocking(move || {
+            digests
+                .iter()
+                .map(|digest| {
+                    if digest.is_empty_blob() {
+                        return Ok(Some(Bytes::new()));
+                    }
+                    let (file, len) = match store.open_for_read(digest, ReadRange::ALL) {
+                        Ok(Some(opened)) => opened,
+                        Ok(None) | Err(StoreError::SizeMismatch { .. }) => return Ok(None),
+                        Err(e) => return Err(e),
+                    };
+                    let mut data = Vec::with_capacity(len as usize);
+                    std::io::Read::read_to_end(&mut std::io::Read::take(file, len), &mut data)
+                        .io_context("read", store.object_path(digest))?;
+                    Ok(Some(Bytes::from(data)))
+                })
+                .collect()
+        })
+        .await
     }
 
     async fn begin_write(&self, digest: &Digest) -> Result<Box<dyn BlobWriter>> {
