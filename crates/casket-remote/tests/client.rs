@@ -284,3 +284,38 @@ async fn tokens_travel_with_every_request() {
     assert!(server.store.contains(&digest).await.unwrap());
     assert!(with_token.find_missing(&[digest]).await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn large_blobs_travel_in_zstd_when_asked_and_offered() {
+    let server = start(true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("compressible");
+    std::fs::create_dir_all(&tree).unwrap();
+    for i in 0..2u8 {
+        let data: Vec<u8> = (0..(12 << 20)).map(|b: u32| (b / 4096) as u8 ^ i).collect();
+        std::fs::write(tree.join(format!("big{i}")), data).unwrap();
+    }
+    let source = store(dir.path(), "source");
+    let root = captured(&source, &tree).await;
+    let remote = RemoteCas::connect(RemoteOptions {
+        compression: true,
+        ..RemoteOptions::new(format!("grpc://{}", server.address))
+    })
+    .await
+    .unwrap();
+    push_tree(Arc::new(source), &remote, &root, &()).await.unwrap();
+    let target = store(dir.path(), "target");
+    pull_tree(&remote, Arc::new(target.clone()), &root, Arc::new(()))
+        .await
+        .unwrap();
+    assert_complete(&target, &root).await;
+    // 24 MiB of blobs crossed the wire in a small fraction of that.
+    let metrics = server.metrics.encode();
+    let received: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("casket_received_bytes_total{method=\"ByteStream/Write\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no ByteStream/Write bytes in\n{metrics}"));
+    assert!(received < f64::from(4u32 << 20), "{received} bytes on the wire");
+}

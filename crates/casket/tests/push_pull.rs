@@ -247,3 +247,51 @@ fn a_push_survives_the_server_restarting() {
         .arg(&checkout));
     assert_eq!(snapshot(&checkout), snapshot(&tree));
 }
+
+#[test]
+fn pulling_10000_files_takes_about_bytes_over_the_batch_limit_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    gen_tree(
+        &tree,
+        &[
+            "--files", "10000", "--size", "4096", "--dirs", "200", "--seed", "11",
+        ],
+    );
+    let server = Serve::start(&dir.path().join("server"), &["--allow-push"]);
+    let url = server.url.replace("http://", "grpc://");
+    let pushed = json(&ok(casket(&dir.path().join("source")).args([
+        "push",
+        tree.to_str().unwrap(),
+        "--remote",
+        &url,
+        "--json",
+    ])));
+    let checkout = dir.path().join("checkout");
+    let pulled = json(&ok(casket(&dir.path().join("target"))
+        .args([
+            "pull",
+            pushed["root"].as_str().unwrap(),
+            "--remote",
+            &url,
+            "--json",
+        ])
+        .arg(&checkout)));
+    let depth = snapshot(&checkout)
+        .iter()
+        .map(|(path, _)| path.matches('/').count() as u64 + 1)
+        .max()
+        .unwrap();
+    let bytes = pulled["transferred_bytes"].as_u64().unwrap();
+    let batch_limit = 8u64 << 20;
+    let rpcs = pulled["rpcs"].as_object().unwrap();
+    let count = |m: &str| rpcs.get(m).and_then(Value::as_u64).unwrap_or(0);
+    // One BatchReadBlobs is the start-up probe.
+    let calls = count("BatchReadBlobs") - 1 + count("ByteStream.Read") + count("GetTree");
+    let bound = bytes.div_ceil(batch_limit) + depth + 3;
+    assert!(
+        calls <= bound,
+        "{calls} calls for {bytes} bytes at depth {depth} (bound {bound}): {pulled}"
+    );
+    assert_eq!(snapshot(&checkout), snapshot(&tree));
+}

@@ -169,6 +169,11 @@ impl RemoteCas {
         &self.stats
     }
 
+    /// Whether large transfers use zstd: asked for, and offered by the server.
+    pub(crate) fn zstd(&self) -> Option<crate::resource_name::Compressor> {
+        (self.options.compression && self.limits.zstd).then_some(crate::resource_name::Compressor::Zstd)
+    }
+
     /// The instance name every request carries.
     pub fn instance(&self) -> &str {
         &self.instance

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tonic::{Code, Status};
 
 use super::{BATCH_ITEM_OVERHEAD, RemoteCas, cas_client, connect::Transport};
-use crate::resource_name::{read_name, write_name};
+use crate::resource_name::{Compressor, read_name, write_name};
 use crate::server::MAX_MESSAGE_BYTES;
 
 /// Digests per FindMissingBlobs request (about 1 MB of digests).
@@ -226,14 +226,16 @@ impl RemoteCas {
             .collect()
     }
 
-    /// A ByteStream read of `range` of `digest`; `Ok(None)` if the server does not have it.
+    /// A ByteStream read of `range` of `digest` (compressed with `compressor`, if any, in
+    /// which case the range must have no limit); `Ok(None)` if the server does not have it.
     pub(crate) async fn byte_stream_read(
         &self,
         digest: &Digest,
         range: ReadRange,
+        compressor: Option<Compressor>,
     ) -> Result<Option<BlobStream>> {
         let request = ReadRequest {
-            resource_name: read_name(&self.instance, digest, None),
+            resource_name: read_name(&self.instance, digest, compressor),
             read_offset: range.offset as i64,
             read_limit: range.limit.map_or(0, |l| l as i64),
         };
@@ -411,7 +413,7 @@ impl BlobStore for RemoteCas {
                 .await?
                 .then(|| futures::stream::empty().boxed()));
         }
-        self.byte_stream_read(digest, range).await
+        self.byte_stream_read(digest, range, None).await
     }
 
     async fn begin_write(&self, digest: &Digest) -> Result<Box<dyn BlobWriter>> {

@@ -27,6 +27,7 @@ use tonic::{Code, Status};
 
 use super::store::{WRITE_CHUNK, fits_batch, pack, upload_id};
 use super::{RemoteCas, cas_client};
+use crate::compression::{ZstdDecoder, ZstdEncoder};
 use crate::resource_name::write_name;
 use crate::server::MAX_MESSAGE_BYTES;
 
@@ -69,6 +70,14 @@ fn storing(e: StoreError) -> TransferError {
     match e {
         StoreError::DigestMismatch { expected, actual } => TransferError::Corrupt { expected, actual },
         other => TransferError::Store(other),
+    }
+}
+
+/// A compressed stream from the server that does not decode to the blob.
+fn corrupt_stream(digest: Digest) -> impl Fn(crate::compression::CompressionError) -> TransferError {
+    move |e| TransferError::Remote {
+        operation: "ByteStream.Read",
+        status: Status::data_loss(format!("{digest}: {e}")),
     }
 }
 
@@ -171,15 +180,17 @@ async fn upload_batch(
     Ok(())
 }
 
-/// Streams one large blob from `local` with ByteStream Write; after a failure, asks
-/// QueryWriteStatus how much the server kept and continues from there.
+/// Streams one large blob from `local` with ByteStream Write (in zstd when the server offers
+/// it and the client asked for it). After a failure it asks QueryWriteStatus how much the
+/// server kept and continues from there; a compressed upload starts again.
 async fn upload_stream(
     local: Arc<dyn BlobStore>,
     remote: &RemoteCas,
     digest: Digest,
     progress: &dyn Progress,
 ) -> Result<(), TransferError> {
-    let name = write_name(&remote.instance, &upload_id(), &digest, None);
+    let zstd = remote.zstd();
+    let mut name = write_name(&remote.instance, &upload_id(), &digest, zstd);
     let mut offset = 0u64;
     let mut attempts = 0;
     loop {
@@ -198,7 +209,10 @@ async fn upload_stream(
             .read(&digest, ReadRange { offset, limit: None })
             .await?
             .ok_or(StoreError::NotFound(digest))?;
-        let requests = write_requests(name.clone(), offset, digest.size(), chunks);
+        let requests = match zstd {
+            Some(_) => compressed_write_requests(name.clone(), chunks).boxed(),
+            None => write_requests(name.clone(), offset, digest.size(), chunks).boxed(),
+        };
         let _slot = remote
             .in_flight
             .acquire()
@@ -213,7 +227,12 @@ async fn upload_stream(
         match answer {
             Ok(response) => {
                 let committed = response.into_inner().committed_size;
-                if committed != digest.size() as i64 {
+                // A compressed upload reports compressed bytes, or -1 if the blob was there.
+                let complete = match zstd {
+                    Some(_) => committed == -1 || committed > 0,
+                    None => committed == digest.size() as i64,
+                };
+                if !complete {
                     return Err(failed("ByteStream.Write")(Status::data_loss(format!(
                         "the server committed {committed} of {} bytes of {digest}",
                         digest.size()
@@ -227,12 +246,68 @@ async fn upload_stream(
                 attempts += 1;
                 remote.stats.retry();
                 tokio::time::sleep(std::time::Duration::from_millis(100 << attempts.min(6))).await;
-                offset = resume_offset(remote, &name).await;
+                if zstd.is_some() {
+                    name = write_name(&remote.instance, &upload_id(), &digest, zstd);
+                } else {
+                    offset = resume_offset(remote, &name).await;
+                }
                 tracing::debug!(%digest, offset, "resuming upload");
             }
             Err(status) => return Err(failed("ByteStream.Write")(status)),
         }
     }
+}
+
+/// The WriteRequests of a whole blob in zstd: one compressed message per local chunk (offsets
+/// count compressed bytes, as the spec says), then the end of the frame, finishing the write.
+fn compressed_write_requests(
+    name: String,
+    chunks: casket_store::BlobStream,
+) -> impl futures::Stream<Item = WriteRequest> + Send + 'static {
+    struct State {
+        chunks: casket_store::BlobStream,
+        encoder: Option<ZstdEncoder>,
+        sent: u64,
+        name: String,
+    }
+    let encoder = ZstdEncoder::new(crate::compression::SEND_LEVEL).ok();
+    let state = State {
+        chunks,
+        encoder,
+        sent: 0,
+        name,
+    };
+    futures::stream::unfold(state, |mut state| async move {
+        loop {
+            let encoder = state.encoder.as_mut()?;
+            let (data, finish) = match state.chunks.next().await {
+                Some(Ok(chunk)) => (encoder.compress(&chunk).ok()?, false),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "local read failed during an upload");
+                    return None;
+                }
+                None => (encoder.finish().ok()?, true),
+            };
+            if data.is_empty() && !finish {
+                continue;
+            }
+            let request = WriteRequest {
+                resource_name: if state.sent == 0 {
+                    state.name.clone()
+                } else {
+                    String::new()
+                },
+                write_offset: state.sent as i64,
+                finish_write: finish,
+                data: data.to_vec(),
+            };
+            state.sent += data.len() as u64;
+            if finish {
+                state.encoder = None;
+            }
+            return Some((request, state));
+        }
+    })
 }
 
 /// Where an interrupted upload continues: what the server committed, or 0 if it cannot say.
@@ -536,20 +611,37 @@ async fn fetch_stream(
             offset: writer.written(),
             limit: None,
         };
-        let mut chunks = match remote.byte_stream_read(&digest, range).await {
+        let zstd = remote.zstd();
+        let mut chunks = match remote.byte_stream_read(&digest, range, zstd).await {
             Ok(Some(chunks)) => chunks,
             Ok(None) => return Err(TransferError::Missing(digest)),
             Err(e) => return Err(TransferError::Store(e)),
         };
+        // A compressed read starts a new frame at the uncompressed offset asked for.
+        let mut decoder = match zstd {
+            Some(_) => Some(ZstdDecoder::new(digest.size() - range.offset).map_err(corrupt_stream(digest))?),
+            None => None,
+        };
         let mut failed = None;
         while let Some(chunk) = chunks.next().await {
-            match chunk {
-                Ok(chunk) => writer.write(chunk).await.map_err(storing)?,
-                Err(e) => {
+            match (chunk, &mut decoder) {
+                (Ok(chunk), None) => writer.write(chunk).await.map_err(storing)?,
+                (Ok(chunk), Some(decoder)) => {
+                    decoder.feed(chunk);
+                    while let Some(piece) = decoder.next_piece().map_err(corrupt_stream(digest))? {
+                        writer.write(piece).await.map_err(storing)?;
+                    }
+                }
+                (Err(e), _) => {
                     failed = Some(e);
                     break;
                 }
             }
+        }
+        if failed.is_none()
+            && let Some(decoder) = &decoder
+        {
+            decoder.finish().map_err(corrupt_stream(digest))?;
         }
         match failed {
             None => break,

@@ -43,6 +43,9 @@ pub struct RemoteArgs {
     /// Our own cap on a batch request, below the server's limit.
     #[arg(long, value_parser = crate::units::parse_size, value_name = "SIZE")]
     max_batch_size: Option<u64>,
+    /// Send and receive large blobs in zstd when the server offers it (pays on slow links).
+    #[arg(long)]
+    zstd: bool,
     /// Retries of a failed request (with backoff) before giving up.
     #[arg(long, default_value_t = 5)]
     retries: u32,
@@ -72,6 +75,7 @@ impl RemoteArgs {
             },
             concurrency: self.jobs.max(1),
             retries: self.retries,
+            compression: self.zstd,
             max_batch_bytes: self
                 .max_batch_size
                 .unwrap_or(casket_remote::server::MAX_BATCH_BYTES),
