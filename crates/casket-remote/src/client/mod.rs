@@ -6,7 +6,7 @@
 //! * [`transfer`]: whole trees pushed and pulled with batching, pipelining and verification.
 //! * `refs`: named trees over BuildStream's ReferenceStorage or the Remote Asset API.
 //!
-//! Every RPC goes through [`RemoteCas::call`]: at most `concurrency` requests in flight,
+//! Every RPC goes through `RemoteCas::call`: at most `concurrency` requests in flight,
 //! retried with exponential backoff on UNAVAILABLE, DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED,
 //! and counted by method in [`Stats`].
 
