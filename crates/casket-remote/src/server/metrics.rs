@@ -251,15 +251,16 @@ impl Metrics {
         self.totals.requests.fetch_add(1, Ordering::Relaxed);
         let ms = seconds * 1000.0;
         let method = request.method.as_str();
+        let client = request.client.as_str();
         match code {
-            Code::Ok | Code::NotFound => tracing::debug!(method, ?code, ms, sent, "request"),
+            Code::Ok | Code::NotFound => tracing::debug!(method, ?code, ms, sent, client, "request"),
             Code::Internal | Code::DataLoss | Code::Unknown => {
                 self.totals.errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(method, ?code, ms, sent, "request failed");
+                tracing::warn!(method, ?code, ms, sent, client, "request failed");
             }
             _ => {
                 self.totals.errors.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(method, ?code, ms, sent, "request refused");
+                tracing::info!(method, ?code, ms, sent, client, "request refused");
             }
         }
     }
@@ -325,6 +326,34 @@ pub(crate) struct MetricsService<S> {
 struct RequestLog {
     method: String,
     start: Instant,
+    /// Who asked, from REAPI's `RequestMetadata` header (Bazel sends it): tool, mnemonic and
+    /// target, or empty.
+    client: String,
+}
+
+/// The REAPI request-metadata header.
+const REQUEST_METADATA: &str = "build.bazel.remote.execution.v2.requestmetadata-bin";
+
+/// `tool mnemonic target` from a request's REAPI `RequestMetadata`, if it sent one.
+fn request_metadata(headers: &http::HeaderMap) -> String {
+    if !headers.contains_key(REQUEST_METADATA) {
+        return String::new();
+    }
+    let metadata = tonic::metadata::MetadataMap::from_headers(headers.clone());
+    let Some(Ok(bytes)) = metadata.get_bin(REQUEST_METADATA).map(|v| v.to_bytes()) else {
+        return String::new();
+    };
+    match <bazel_remote_apis::build::bazel::remote::execution::v2::RequestMetadata as prost::Message>::decode(
+        bytes,
+    ) {
+        Ok(m) => {
+            let tool = m.tool_details.map(|t| t.tool_name).unwrap_or_default();
+            format!("{tool} {} {}", m.action_mnemonic, m.target_id)
+                .trim()
+                .to_owned()
+        }
+        Err(_) => String::new(),
+    }
 }
 
 impl<S, R> Service<http::Request<Body>> for MetricsService<S>
@@ -346,6 +375,7 @@ where
         let log = RequestLog {
             method: method_label(request.uri().path()),
             start: Instant::now(),
+            client: request_metadata(request.headers()),
         };
         let received = self.metrics.received_bytes.get_or_create(&MethodLabels {
             method: log.method.clone(),
@@ -497,6 +527,27 @@ mod tests {
         );
         assert_eq!(method_label("/evil.Service/x"), "other");
         assert_eq!(method_label("/google.bytestream.ByteStream/Read/more"), "other");
+    }
+
+    #[test]
+    fn bazel_request_metadata_names_the_client() {
+        use bazel_remote_apis::build::bazel::remote::execution::v2::{RequestMetadata, ToolDetails};
+        let metadata = RequestMetadata {
+            tool_details: Some(ToolDetails {
+                tool_name: "bazel".into(),
+                tool_version: "4.2.3".into(),
+            }),
+            action_mnemonic: "Genrule".into(),
+            target_id: "//:gen7".into(),
+            ..Default::default()
+        };
+        let mut map = tonic::metadata::MetadataMap::new();
+        map.insert_bin(
+            REQUEST_METADATA,
+            tonic::metadata::MetadataValue::from_bytes(&prost::Message::encode_to_vec(&metadata)),
+        );
+        assert_eq!(request_metadata(&map.into_headers()), "bazel Genrule //:gen7");
+        assert_eq!(request_metadata(&http::HeaderMap::new()), "");
     }
 
     #[test]
