@@ -115,9 +115,11 @@ pub async fn push(cx: &Context, args: PushArgs) -> anyhow::Result<ExitCode> {
     let path = PathBuf::from(&args.source);
     let (root, local_ref) = if path.is_dir() {
         let options = CaptureOptions::default();
-        let captured = casket_tree::capture(cx.blobs.as_ref(), &path, &options, &())
+        let bar = Bar::new("capture", cx.quiet);
+        let captured = casket_tree::capture(cx.blobs.as_ref(), &path, &options, &bar)
             .await
             .with_context(|| format!("cannot capture {}", path.display()))?;
+        bar.finish();
         (captured.root, None)
     } else {
         let local_ref = RefName::new(&args.source)
