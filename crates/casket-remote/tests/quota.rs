@@ -108,9 +108,12 @@ async fn a_full_store_of_recent_blobs_refuses_writes_and_stores_nothing() {
         limit as i64
     );
     for seed in 1..=3 {
-        let (digest, data) = blob(seed, 64 << 10);
+        let (digest, data) = blob(seed, 80 << 10);
         assert_eq!(batch_put(&server, "", &digest, &data).await, 0);
     }
+    // Blobs already stored need no room: sending one again succeeds.
+    let (again, data) = blob(1, 80 << 10);
+    assert_eq!(batch_put(&server, "", &again, &data).await, 0);
     let (digest, data) = blob(99, 128 << 10);
     assert_eq!(
         batch_put(&server, "", &digest, &data).await,

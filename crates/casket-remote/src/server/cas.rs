@@ -99,8 +99,14 @@ impl reapi::content_addressable_storage_server::ContentAddressableStorage for Ca
             )));
         }
         let namespace = self.shared.namespace(&request.instance_name);
+        // Room is needed only for blobs not stored yet (with a quota; finding them touches the
+        // others, which a store would do anyway).
+        let needed = match &namespace.quota {
+            Some(_) => new_bytes(namespace, function, &request.requests).await?,
+            None => total,
+        };
         // Out of room: every blob gets RESOURCE_EXHAUSTED, as the spec asks, and none is stored.
-        let _reservation = match namespace.reserve(total).await {
+        let _reservation = match namespace.reserve(needed).await {
             Ok(reservation) => reservation,
             Err(status) => {
                 let responses = request
@@ -294,6 +300,25 @@ impl reapi::content_addressable_storage_server::ContentAddressableStorage for Ca
     ) -> Result<Response<reapi::RegisterChunkMappingResponse>, Status> {
         Err(Status::unimplemented("chunk mappings are not supported"))
     }
+}
+
+/// The bytes of the distinct, validly named blobs of `requests` that `namespace` lacks.
+async fn new_bytes(
+    namespace: &Namespace,
+    function: casket_model::DigestFunction,
+    requests: &[reapi::batch_update_blobs_request::Request],
+) -> Result<u64, Status> {
+    let declared: HashSet<Digest> = requests
+        .iter()
+        .filter_map(|r| digest(function, r.digest.as_ref()).ok())
+        .collect();
+    let declared: Vec<Digest> = declared.into_iter().collect();
+    let missing = namespace
+        .blobs
+        .find_missing(&declared)
+        .await
+        .map_err(from_store)?;
+    Ok(missing.iter().map(Digest::size).sum())
 }
 
 /// Every directory of the tree under `root` that the store has, breadth first, each once.
