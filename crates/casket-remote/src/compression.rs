@@ -3,6 +3,8 @@
 //! compressed stream must not be able to make the server write gigabytes).
 
 use bytes::{Buf, Bytes};
+use casket_store::BlobStream;
+use futures::{Stream, StreamExt};
 use zstd::stream::raw::{Decoder, Encoder, InBuffer, Operation, OutBuffer};
 
 /// Most bytes one decompression step produces.
@@ -23,6 +25,39 @@ pub enum CompressionError {
     /// The stream ended within a frame.
     #[error("zstd data ends within a frame")]
     Truncated,
+}
+
+/// One piece of a compressed stream; `last` marks the end of the frame.
+pub struct Piece {
+    /// Compressed bytes (never empty, except possibly for a last piece).
+    pub data: Bytes,
+    /// Whether this piece ends the frame.
+    pub last: bool,
+}
+
+/// `chunks` compressed into one zstd frame, piece by piece (empty pieces are skipped). A read
+/// or compression error is the stream's last item.
+pub fn compress_stream(chunks: BlobStream) -> impl Stream<Item = std::io::Result<Piece>> + Send + 'static {
+    let encoder = ZstdEncoder::new(SEND_LEVEL);
+    futures::stream::unfold((chunks, Some(encoder)), |(mut chunks, encoder)| async move {
+        let mut encoder = match encoder? {
+            Ok(encoder) => encoder,
+            Err(e) => return Some((Err(e), (chunks, None))),
+        };
+        loop {
+            let piece = match chunks.next().await {
+                Some(Ok(chunk)) => match encoder.compress(&chunk) {
+                    Ok(data) if data.is_empty() => continue,
+                    Ok(data) => Ok(Piece { data, last: false }),
+                    Err(e) => Err(e),
+                },
+                Some(Err(e)) => Err(std::io::Error::other(e)),
+                None => encoder.finish().map(|data| Piece { data, last: true }),
+            };
+            let next = (piece.as_ref().is_ok_and(|p| !p.last)).then_some(Ok(encoder));
+            return Some((piece, (chunks, next)));
+        }
+    })
 }
 
 /// Compresses a stream chunk by chunk into one zstd frame.

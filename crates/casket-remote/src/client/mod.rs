@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
-use casket_model::DigestFunction;
 use tokio::sync::Semaphore;
 use tonic::{Code, Status};
 
@@ -45,8 +44,6 @@ pub struct Limits {
     pub batch_read: bool,
     /// Whether the server offers zstd for ByteStream.
     pub zstd: bool,
-    /// Digest functions the server accepts.
-    pub digest_functions: Vec<DigestFunction>,
 }
 
 /// A REAPI cache on the other end of a gRPC channel. Cheap to clone.
@@ -82,7 +79,6 @@ impl RemoteCas {
                 batch_bytes: DEFAULT_BATCH_BYTES.min(options.max_batch_bytes),
                 batch_read: true,
                 zstd: false,
-                digest_functions: vec![DigestFunction::Sha256],
             },
             in_flight: Arc::new(Semaphore::new(options.concurrency.max(1))),
             options: Arc::new(options),
@@ -124,14 +120,6 @@ impl RemoteCas {
                     self.limits.zstd = cache
                         .supported_compressors
                         .contains(&(reapi::compressor::Value::Zstd as i32));
-                    let functions: Vec<DigestFunction> = cache
-                        .digest_functions
-                        .iter()
-                        .filter_map(|f| DigestFunction::from_proto(*f))
-                        .collect();
-                    if !functions.is_empty() {
-                        self.limits.digest_functions = functions;
-                    }
                 }
             }
             Err(status) if status.code() == Code::Unimplemented => {}

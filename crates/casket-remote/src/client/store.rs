@@ -50,7 +50,7 @@ pub(crate) fn upload_id() -> String {
         );
         half.copy_from_slice(&hasher.finish().to_le_bytes());
     }
-    let hex = hex_string(&bytes);
+    let hex = hex::encode(bytes);
     format!(
         "{}-{}-{}-{}-{}",
         &hex[..8],
@@ -59,10 +59,6 @@ pub(crate) fn upload_id() -> String {
         &hex[16..20],
         &hex[20..]
     )
-}
-
-fn hex_string(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Whether `digest` travels in a batch (else by ByteStream), given the batch limit.
@@ -103,7 +99,7 @@ impl RemoteCas {
     pub(crate) async fn missing(&self, digests: &[Digest]) -> Result<HashSet<Digest>, Status> {
         let mut by_function: Vec<(DigestFunction, Vec<Digest>)> = Vec::new();
         for digest in digests {
-            if digest.size() == 0 && *digest == digest.function().empty_digest() {
+            if digest.is_empty_blob() {
                 continue;
             }
             match by_function.iter_mut().find(|(f, _)| *f == digest.function()) {
@@ -171,7 +167,6 @@ impl RemoteCas {
                 .map_err(|e| Status::internal(format!("server answered for an invalid digest: {e}")))?;
             let status = item.status.unwrap_or_default();
             let result = if status.code == 0 {
-                self.stats.received(1, item.data.len() as u64);
                 Ok(Bytes::from(item.data))
             } else {
                 Err(Status::new(Code::from_i32(status.code), status.message))
@@ -188,8 +183,6 @@ impl RemoteCas {
         function: DigestFunction,
         blobs: Vec<(Digest, Bytes)>,
     ) -> Result<Vec<(Digest, Result<(), Status>)>, Status> {
-        let bytes: u64 = blobs.iter().map(|(d, _)| d.size()).sum();
-        let count = blobs.len() as u64;
         let request = reapi::BatchUpdateBlobsRequest {
             instance_name: self.instance.clone(),
             requests: blobs
@@ -209,7 +202,6 @@ impl RemoteCas {
             })
             .await?
             .into_inner();
-        self.stats.sent(count, bytes);
         response
             .responses
             .into_iter()
@@ -261,14 +253,10 @@ impl RemoteCas {
             }
             Err(status) => return Err(remote_error("ByteStream.Read", &status)),
         };
-        let stats = self.stats.clone();
         Ok(Some(
             stream
-                .map(move |message| match message {
-                    Ok(message) => {
-                        stats.received(0, message.data.len() as u64);
-                        Ok(Bytes::from(message.data))
-                    }
+                .map(|message| match message {
+                    Ok(message) => Ok(Bytes::from(message.data)),
                     Err(status) => Err(remote_error("ByteStream.Read", &status)),
                 })
                 .boxed(),
@@ -390,10 +378,6 @@ impl BlobWriter for EmptyWriter {
     }
 }
 
-fn is_empty_blob(digest: &Digest) -> bool {
-    *digest == digest.function().empty_digest()
-}
-
 #[async_trait]
 impl BlobStore for RemoteCas {
     async fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>> {
@@ -406,7 +390,7 @@ impl BlobStore for RemoteCas {
 
     async fn read(&self, digest: &Digest, range: ReadRange) -> Result<Option<BlobStream>> {
         let length = range.len_in(digest)?;
-        if is_empty_blob(digest) || length == 0 {
+        if digest.is_empty_blob() || length == 0 {
             // Nothing to transfer; REAPI's read_limit 0 would mean "everything".
             return Ok(self
                 .contains(digest)
@@ -417,7 +401,7 @@ impl BlobStore for RemoteCas {
     }
 
     async fn begin_write(&self, digest: &Digest) -> Result<Box<dyn BlobWriter>> {
-        if is_empty_blob(digest) {
+        if digest.is_empty_blob() {
             return Ok(Box::new(EmptyWriter(*digest, 0)));
         }
         let (sender, receiver) = mpsc::channel(4);
@@ -430,8 +414,6 @@ impl BlobStore for RemoteCas {
                 .await
                 .map(tonic::Response::into_inner)
         });
-        let size = digest.size();
-        self.stats.sent(1, size);
         Ok(Box::new(RemoteWriter {
             digest: *digest,
             name: write_name(&self.instance, &upload_id(), digest, None),
@@ -473,8 +455,10 @@ impl BlobStore for RemoteCas {
                 )
                 .await
                 .map_err(|s| remote_error("BatchUpdateBlobs", &s))?;
+            let answers: std::collections::HashMap<Digest, Result<(), Status>> =
+                answers.into_iter().collect();
             for (i, digest) in indices {
-                results[i] = match answers.iter().find(|(d, _)| *d == digest) {
+                results[i] = match answers.get(&digest).map(|answer| (digest, answer)) {
                     Some((_, Ok(()))) => Ok(digest),
                     Some((_, Err(status))) => Err(remote_error("BatchUpdateBlobs", status)),
                     None => Err(StoreError::Remote {

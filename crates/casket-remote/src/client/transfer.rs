@@ -27,7 +27,7 @@ use tonic::{Code, Status};
 
 use super::store::{WRITE_CHUNK, fits_batch, pack, upload_id};
 use super::{RemoteCas, cas_client};
-use crate::compression::{ZstdDecoder, ZstdEncoder};
+use crate::compression::{ZstdDecoder, compress_stream};
 use crate::resource_name::write_name;
 use crate::server::MAX_MESSAGE_BYTES;
 
@@ -201,7 +201,6 @@ async fn upload_stream(
                 .map_err(failed("FindMissingBlobs"))?
                 .is_empty()
         {
-            remote.stats.sent(1, 0);
             progress.advance(1, digest.size());
             return Ok(());
         }
@@ -238,7 +237,6 @@ async fn upload_stream(
                         digest.size()
                     ))));
                 }
-                remote.stats.sent(1, digest.size() - offset);
                 progress.advance(1, digest.size());
                 return Ok(());
             }
@@ -264,49 +262,22 @@ fn compressed_write_requests(
     name: String,
     chunks: casket_store::BlobStream,
 ) -> impl futures::Stream<Item = WriteRequest> + Send + 'static {
-    struct State {
-        chunks: casket_store::BlobStream,
-        encoder: Option<ZstdEncoder>,
-        sent: u64,
-        name: String,
-    }
-    let encoder = ZstdEncoder::new(crate::compression::SEND_LEVEL).ok();
-    let state = State {
-        chunks,
-        encoder,
-        sent: 0,
-        name,
-    };
-    futures::stream::unfold(state, |mut state| async move {
-        loop {
-            let encoder = state.encoder.as_mut()?;
-            let (data, finish) = match state.chunks.next().await {
-                Some(Ok(chunk)) => (encoder.compress(&chunk).ok()?, false),
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "local read failed during an upload");
-                    return None;
-                }
-                None => (encoder.finish().ok()?, true),
-            };
-            if data.is_empty() && !finish {
-                continue;
-            }
-            let request = WriteRequest {
-                resource_name: if state.sent == 0 {
-                    state.name.clone()
-                } else {
-                    String::new()
-                },
-                write_offset: state.sent as i64,
-                finish_write: finish,
-                data: data.to_vec(),
-            };
-            state.sent += data.len() as u64;
-            if finish {
-                state.encoder = None;
-            }
-            return Some((request, state));
+    // A read error ends the stream early; the server then never sees finish_write.
+    let pieces = compress_stream(chunks).scan((), |(), piece| {
+        if let Err(e) = &piece {
+            tracing::warn!(error = %e, "compressing an upload failed");
         }
+        futures::future::ready(piece.ok())
+    });
+    pieces.scan(0u64, move |sent, piece| {
+        let request = WriteRequest {
+            resource_name: if *sent == 0 { name.clone() } else { String::new() },
+            write_offset: *sent as i64,
+            finish_write: piece.last,
+            data: piece.data.to_vec(),
+        };
+        *sent += piece.data.len() as u64;
+        futures::future::ready(Some(request))
     })
 }
 
@@ -654,7 +625,6 @@ async fn fetch_stream(
         }
     }
     writer.commit().await.map_err(storing)?;
-    remote.stats.received(1, 0);
     progress.advance(1, digest.size());
     Ok(())
 }

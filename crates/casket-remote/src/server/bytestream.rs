@@ -15,13 +15,13 @@ use bazel_remote_apis::google::bytestream::{
     WriteResponse, byte_stream_server,
 };
 use bytes::Bytes;
-use casket_store::{BlobStoreExt, BlobStream, BlobWriter, ReadRange};
+use casket_store::{BlobStoreExt, BlobWriter, ReadRange};
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::metrics::Lookup;
 use super::{Reservation, Shared};
-use crate::compression::{SEND_LEVEL, ZstdDecoder, ZstdEncoder};
+use crate::compression::{ZstdDecoder, compress_stream};
 use crate::resource_name::ResourceName;
 use crate::status::from_store;
 
@@ -124,29 +124,6 @@ fn committed(size: i64) -> Response<WriteResponse> {
     Response::new(WriteResponse { committed_size: size })
 }
 
-/// `chunks` compressed into one zstd frame, piece by piece.
-fn compress(chunks: BlobStream) -> impl Stream<Item = Result<Bytes, Status>> {
-    let encoder = ZstdEncoder::new(SEND_LEVEL).map_err(|e| Status::internal(e.to_string()));
-    futures::stream::unfold((chunks, Some(encoder)), |(mut chunks, encoder)| async move {
-        let mut encoder = match encoder? {
-            Ok(encoder) => encoder,
-            Err(status) => return Some((Err(status), (chunks, None))),
-        };
-        let internal = |e: std::io::Error| Status::internal(format!("zstd: {e}"));
-        loop {
-            match chunks.next().await {
-                Some(Ok(chunk)) => match encoder.compress(&chunk) {
-                    Ok(out) if out.is_empty() => continue,
-                    Ok(out) => return Some((Ok(out), (chunks, Some(Ok(encoder))))),
-                    Err(e) => return Some((Err(internal(e)), (chunks, None))),
-                },
-                Some(Err(e)) => return Some((Err(from_store(e)), (chunks, None))),
-                None => return Some((encoder.finish().map_err(internal), (chunks, None))),
-            }
-        }
-    })
-}
-
 type ReadStream = Pin<Box<dyn Stream<Item = Result<ReadResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -183,7 +160,11 @@ impl byte_stream_server::ByteStream for ByteStream {
         );
         let chunks = found.ok_or_else(|| Status::not_found(format!("blob {} not found", name.digest)))?;
         let data: Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send>> = match name.compressor {
-            Some(_) => Box::pin(compress(chunks)),
+            Some(_) => Box::pin(compress_stream(chunks).map(|piece| {
+                piece
+                    .map(|p| p.data)
+                    .map_err(|e| Status::internal(format!("zstd: {e}")))
+            })),
             None => Box::pin(chunks.map(|chunk| chunk.map_err(from_store))),
         };
         Ok(Response::new(Box::pin(data.map(|chunk| {

@@ -144,11 +144,8 @@ impl Quota {
 
     /// Reserves `need` if usage, reservations and `need` fit in `limit`.
     fn try_hold(&self, need: u64, limit: u64) -> Option<Reservation> {
-        let reserved = self.reserved.fetch_add(need, Ordering::Relaxed) + need;
-        let reservation = Reservation {
-            bytes: need,
-            reserved: self.reserved.clone(),
-        };
+        let reservation = self.hold(need);
+        let reserved = self.reserved.load(Ordering::Relaxed);
         (self.usage().stored_bytes + reserved <= limit).then_some(reservation)
     }
 

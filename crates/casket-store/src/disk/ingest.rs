@@ -21,9 +21,6 @@ use crate::error::{IoContext, Result, StoreError};
 /// Files up to this size are read into memory whole.
 const SMALL_FILE: u64 = 1 << 20;
 
-/// Size of each pipeline buffer.
-const PIPELINE_CHUNK: usize = DIRECT_CHUNK;
-
 /// Buffers circulating in the pipeline; bounds its memory to this many chunks.
 const PIPELINE_BUFFERS: usize = 4;
 
@@ -64,7 +61,7 @@ impl DiskStore {
         let (free_tx, free_rx) = mpsc::sync_channel::<AlignedBuf>(PIPELINE_BUFFERS);
         for _ in 0..PIPELINE_BUFFERS {
             free_tx
-                .send(AlignedBuf::new(PIPELINE_CHUNK))
+                .send(AlignedBuf::new(DIRECT_CHUNK))
                 .map_err(|_| pipeline_stopped())?;
         }
         let (hash_tx, hash_rx) = mpsc::sync_channel::<Chunk>(PIPELINE_BUFFERS);
@@ -100,7 +97,7 @@ impl DiskStore {
                         free: free_tx.clone(),
                     };
                     let both = hash_tx.send(chunk.clone()).and_then(|()| write_tx.send(chunk));
-                    if both.is_err() || len < PIPELINE_CHUNK {
+                    if both.is_err() || len < DIRECT_CHUNK {
                         return both.map_err(|_| pipeline_stopped());
                     }
                 }

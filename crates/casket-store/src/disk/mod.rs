@@ -263,6 +263,14 @@ impl DiskStore {
         Ok(missing)
     }
 
+    /// Reads the `len` bytes left in `file`, opened by [`DiskStore::open_for_read`].
+    fn read_whole(&self, digest: &Digest, file: File, len: u64) -> Result<Bytes> {
+        let mut data = Vec::with_capacity(len as usize);
+        std::io::Read::read_to_end(&mut std::io::Read::take(file, len), &mut data)
+            .io_context("read", self.object_path(digest))?;
+        Ok(Bytes::from(data))
+    }
+
     fn open_for_read(&self, digest: &Digest, range: ReadRange) -> Result<Option<(File, u64)>> {
         let path = self.object_path(digest);
         let mut file = match File::open(&path) {
@@ -313,10 +321,7 @@ impl BlobStore for DiskStore {
             if d.size() > SMALL_READ {
                 return Ok(Some(Err((file, len))));
             }
-            let mut data = Vec::with_capacity(len as usize);
-            std::io::Read::read_to_end(&mut std::io::Read::take(file, len), &mut data)
-                .io_context("read", store.object_path(&d))?;
-            Ok(Some(Ok(Bytes::from(data))))
+            Ok(Some(Ok(store.read_whole(&d, file, len)?)))
         })
         .await?;
         match opened {
@@ -363,10 +368,7 @@ impl BlobStore for DiskStore {
                         Ok(None) | Err(StoreError::SizeMismatch { .. }) => return Ok(None),
                         Err(e) => return Err(e),
                     };
-                    let mut data = Vec::with_capacity(len as usize);
-                    std::io::Read::read_to_end(&mut std::io::Read::take(file, len), &mut data)
-                        .io_context("read", store.object_path(digest))?;
-                    Ok(Some(Bytes::from(data)))
+                    Ok(Some(store.read_whole(digest, file, len)?))
                 })
                 .collect()
         })

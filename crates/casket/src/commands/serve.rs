@@ -16,7 +16,7 @@ use clap::Args;
 use tokio::sync::watch;
 
 use crate::Global;
-use crate::config::ServeConfig;
+use crate::config::{ServeConfig, TlsConfig};
 use crate::units::{format_size, parse_duration, parse_size};
 
 /// Arguments of `casket serve`. Each overrides the configuration file.
@@ -98,20 +98,24 @@ impl Settings {
         if let Some(file) = args.token_file.as_ref().or(config.token_file.as_ref()) {
             access.add_token_file(file)?;
         }
-        let tls = match (args.tls_cert, args.tls_key, config.tls) {
-            (Some(certificate), Some(key), _) => Some(TlsOptions {
-                certificate: read(&certificate, "TLS certificate")?,
-                key: read(&key, "TLS key")?,
-                client_ca: args.tls_client_ca.map(|ca| read(&ca, "client CA")).transpose()?,
+        // Flags, else the file's [tls] table.
+        let from_flags = match (args.tls_cert, args.tls_key) {
+            (Some(certificate), Some(key)) => Some(TlsConfig {
+                certificate,
+                key,
+                client_ca: args.tls_client_ca,
                 require_client_certificate: args.require_client_cert,
             }),
-            (_, _, Some(tls)) => Some(TlsOptions {
+            _ => None,
+        };
+        let tls = match from_flags.or(config.tls) {
+            Some(tls) => Some(TlsOptions {
                 certificate: read(&tls.certificate, "TLS certificate")?,
                 key: read(&tls.key, "TLS key")?,
                 client_ca: tls.client_ca.map(|ca| read(&ca, "client CA")).transpose()?,
                 require_client_certificate: tls.require_client_certificate,
             }),
-            _ => None,
+            None => None,
         };
         let store = match global.store.clone().or(config.store) {
             Some(store) => store,
