@@ -102,12 +102,12 @@ pub async fn checkout(
     };
 
     let runtime = tokio::runtime::Handle::current();
-    let counts: Vec<CheckedOut> = futures::stream::iter(directories.iter())
+    let counts: Vec<CheckedOut> = futures::stream::iter(directories.clone())
         .map(|(path, digest)| {
             let job = DirectoryJob {
                 tree: Arc::clone(&tree),
-                digest: *digest,
-                path: path.clone(),
+                digest,
+                path,
                 dest: dest.to_owned(),
                 root_fd: root_fd.try_clone(),
                 mode: options.mode,

@@ -79,6 +79,11 @@ impl Tree {
         self.directories.get(digest)
     }
 
+    /// Every directory of the tree, keyed by digest.
+    pub fn into_directories(self) -> HashMap<Digest, Directory> {
+        self.directories
+    }
+
     /// The number of distinct directories.
     pub fn directory_count(&self) -> usize {
         self.directories.len()
