@@ -1,1 +1,3 @@
+//! Placeholder until the import benchmark lands.
+
 fn main() {}

@@ -52,6 +52,7 @@ pub(crate) fn display(path: &[EntryName]) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
