@@ -70,6 +70,14 @@ enum Command {
     /// Materialise a tree (by digest or ref) into a new or empty directory.
     #[command(after_help = "Example: casket checkout project/element/key ./out --copy")]
     Checkout(commands::tree::CheckoutArgs),
+    /// Import a tree or directory into another by BuildStream's rules, without a checkout.
+    #[command(after_help = "Examples:
+  casket import project/base/1 --into project/app/2 --ref project/app/2-staged
+  casket import ./overlay --into ./sysroot --files overlay.list")]
+    Import(commands::vdir::ImportArgs),
+    /// List the paths added, removed and changed between two trees or directories.
+    #[command(after_help = "Example: casket diff project/app/1 project/app/2")]
+    Diff(commands::vdir::DiffArgs),
     /// List a tree's entries.
     #[command(after_help = "Example: casket ls -r --json project/element/key")]
     Ls(commands::tree::LsArgs),

@@ -14,6 +14,7 @@ pub mod refs;
 pub mod remote;
 pub mod serve;
 pub mod tree;
+pub mod vdir;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -93,6 +94,8 @@ pub async fn run(global: Global, command: Command) -> anyhow::Result<ExitCode> {
         Command::Capture(args) => tree::capture(&cx, args).await,
         Command::Checkout(args) => tree::checkout(&cx, args).await,
         Command::Ls(args) => tree::ls(&cx, args).await,
+        Command::Import(args) => vdir::import(&cx, args).await,
+        Command::Diff(args) => vdir::diff(&cx, args).await,
         Command::Cat(args) => blob::cat(&cx, args).await,
         Command::Put(args) => blob::put(&cx, args).await,
         Command::Ref(command) => refs::run(&cx, command).await,
