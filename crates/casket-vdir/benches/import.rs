@@ -1,3 +1,332 @@
-//! Placeholder until the import benchmark lands.
+//! Import of one 10,000-file tree into another, CAS -> CAS against the file-system round trip.
+//!
+//! Run with `cargo bench -p casket-vdir --bench import` (repetitions: `CASKET_BENCH_REPS`,
+//! default 7). Two trees of 10,000 files of 1-4 KiB over the same 208 nested directories
+//! (plus 20 directories only in the second) are captured into a `DiskStore` in a tempdir; the
+//! second shares half its files with the first, changes the content, the executable bit or
+//! the name of the others, replaces some files with symlinks and retargets half the
+//! per-directory symlinks, so the import merges directories all over the tree. Measured:
+//!
+//! * `cas -> cas merge`: `CasDirectory::open` of both + `import_files` + `digest` (which
+//!   stores the new Directory messages): from two digests to the merged root digest;
+//! * `cas -> cas graft`: the same with the second tree imported below a new name;
+//! * `fs -> fs import`: `FileDirectory` import between two checkouts (checkouts not timed);
+//! * `baseline`: checkout of both trees (copy) + the file import + capture of the result.
+//!
+//! Directory messages stored by one repetition are deleted before the next, so each pays for
+//! storing them. The table gives median, min and max, and the ratio baseline / CAS merge.
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
 
-fn main() {}
+use std::collections::HashSet;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use casket_model::Digest;
+use casket_store::{BlobStore, DiskOptions, DiskStore};
+use casket_tree::maintenance::reachable_digests;
+use casket_tree::{CaptureOptions, CheckoutMode, CheckoutOptions, capture, checkout};
+use casket_vdir::{CasDirectory, Directory, FileDirectory, ImportFilter, ImportOptions};
+use tokio::runtime::Runtime;
+
+const FILES: usize = 10_000;
+
+/// 8 top directories of 5 each of 4: 208 directories.
+fn directories() -> Vec<String> {
+    let mut out = Vec::new();
+    for t in 0..8 {
+        out.push(format!("t{t}"));
+        for m in 0..5 {
+            out.push(format!("t{t}/m{m}"));
+            for l in 0..4 {
+                out.push(format!("t{t}/m{m}/l{l}"));
+            }
+        }
+    }
+    out
+}
+
+/// 1 to 4 KiB of bytes, different for every `(i, variant)`.
+fn content(i: usize, variant: u64) -> Vec<u8> {
+    let len = 1024 + (i * 7919 + variant as usize * 131) % 3073;
+    let mut x = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ (variant + 1).wrapping_mul(0xD1B5_4A32_D192_ED03);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn write(path: &Path, data: &[u8], executable: bool) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, data).unwrap();
+    let mode = if executable { 0o755 } else { 0o644 };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn symlink(target: &str, path: &Path) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(target, path).unwrap();
+}
+
+/// The first tree (`second == false`) or the second (see the module documentation).
+fn write_tree(root: &Path, second: bool) {
+    let dirs = directories();
+    for (d, dir) in dirs.iter().enumerate() {
+        let target = if second && d % 2 == 0 {
+            "../link".to_owned()
+        } else {
+            format!("f{d:05}")
+        };
+        symlink(&target, &root.join(dir).join("link"));
+    }
+    for i in 0..FILES {
+        let dir = root.join(&dirs[i % dirs.len()]);
+        let executable = i % 13 == 0;
+        if !second {
+            write(&dir.join(format!("f{i:05}")), &content(i, 0), executable);
+            continue;
+        }
+        match i % 10 {
+            0..=4 => write(&dir.join(format!("f{i:05}")), &content(i, 0), executable),
+            5 => write(&dir.join(format!("f{i:05}")), &content(i, 1), executable),
+            6 => write(&dir.join(format!("f{i:05}")), &content(i, 0), !executable),
+            7 | 8 => {
+                write(&dir.join(format!("g{i:05}")), &content(i, 1), executable);
+                if i % 20 == 7 {
+                    symlink(&format!("g{i:05}"), &dir.join(format!("f{i:05}")));
+                }
+            }
+            _ => {
+                let fresh = root.join(format!("fresh{}/s{}", (i / 10) % 4, (i / 40) % 5));
+                write(&fresh.join(format!("g{i:05}")), &content(i, 1), executable);
+            }
+        }
+    }
+}
+
+struct Bench {
+    runtime: Runtime,
+    store: Arc<dyn BlobStore>,
+    scratch: std::path::PathBuf,
+    a: Digest,
+    b: Digest,
+    /// Every blob of the two input trees: what must survive between repetitions.
+    inputs: HashSet<Digest>,
+    reps: usize,
+}
+
+impl Bench {
+    /// Deletes the blobs reachable from `root` that are not part of the inputs.
+    fn forget(&self, root: &Digest) {
+        self.runtime.block_on(async {
+            for digest in reachable_digests(self.store.as_ref(), root).await.unwrap() {
+                if !self.inputs.contains(&digest) {
+                    self.store.delete(&digest).await.unwrap();
+                }
+            }
+        });
+    }
+
+    fn checkout(&self, root: &Digest, dest: &Path) {
+        let options = CheckoutOptions {
+            mode: CheckoutMode::Copy,
+            ..CheckoutOptions::default()
+        };
+        self.runtime
+            .block_on(checkout(&self.store, root, dest, &options, &()))
+            .unwrap();
+    }
+
+    fn fresh_dir(&self) -> tempfile::TempDir {
+        tempfile::tempdir_in(&self.scratch).unwrap()
+    }
+
+    /// CAS -> CAS, into the root (`below == None`) or into a new directory.
+    fn cas(&self, below: Option<&str>) -> (Duration, Digest) {
+        let start = Instant::now();
+        let digest = self.runtime.block_on(async {
+            let dest = CasDirectory::open(self.store.clone(), &self.a).await.unwrap();
+            let source = CasDirectory::open(self.store.clone(), &self.b).await.unwrap();
+            let into: Box<dyn Directory> = match below {
+                Some(name) => dest.descend(name, true).await.unwrap(),
+                None => Box::new(dest.clone()),
+            };
+            into.import_files(&source, &ImportFilter::All, &ImportOptions::default())
+                .await
+                .unwrap();
+            dest.digest().await.unwrap()
+        });
+        (start.elapsed(), digest)
+    }
+
+    /// FS -> FS import between two checkouts; the checkouts are not timed.
+    fn fs(&self) -> Duration {
+        let work = self.fresh_dir();
+        let (dest, src) = (work.path().join("dest"), work.path().join("src"));
+        self.checkout(&self.a, &dest);
+        self.checkout(&self.b, &src);
+        let start = Instant::now();
+        self.runtime.block_on(async {
+            FileDirectory::open(&dest)
+                .unwrap()
+                .import_files(
+                    &FileDirectory::open(&src).unwrap(),
+                    &ImportFilter::All,
+                    &ImportOptions::default(),
+                )
+                .await
+                .unwrap();
+        });
+        start.elapsed()
+    }
+
+    /// Checkout of both + file import + capture: total and its three phases.
+    fn baseline(&self) -> ([Duration; 4], Digest) {
+        let work = self.fresh_dir();
+        let (dest, src) = (work.path().join("dest"), work.path().join("src"));
+        let start = Instant::now();
+        self.checkout(&self.a, &dest);
+        self.checkout(&self.b, &src);
+        let checked_out = Instant::now();
+        self.runtime.block_on(async {
+            FileDirectory::open(&dest)
+                .unwrap()
+                .import_files(
+                    &FileDirectory::open(&src).unwrap(),
+                    &ImportFilter::All,
+                    &ImportOptions::default(),
+                )
+                .await
+                .unwrap();
+        });
+        let imported = Instant::now();
+        let root = self
+            .runtime
+            .block_on(capture(
+                self.store.as_ref(),
+                &dest,
+                &CaptureOptions::default(),
+                &(),
+            ))
+            .unwrap()
+            .root;
+        let captured = Instant::now();
+        let phases = [
+            captured - start,
+            checked_out - start,
+            imported - checked_out,
+            captured - imported,
+        ];
+        (phases, root)
+    }
+}
+
+fn median(mut times: Vec<Duration>) -> Duration {
+    times.sort();
+    times[times.len() / 2]
+}
+
+fn row(name: &str, times: &[Duration]) -> Duration {
+    let mid = median(times.to_vec());
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "{name:<34} {:>10.2} {:>10.2} {:>10.2}",
+        ms(mid),
+        ms(*times.iter().min().unwrap()),
+        ms(*times.iter().max().unwrap()),
+    );
+    mid
+}
+
+fn main() {
+    let reps: usize = std::env::var("CASKET_BENCH_REPS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(7)
+        .max(1);
+    let runtime = Runtime::new().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let store: Arc<dyn BlobStore> =
+        Arc::new(DiskStore::open(tmp.path().join("store"), DiskOptions::default()).unwrap());
+    let scratch = tmp.path().join("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+
+    let (a, b) = {
+        let generated = tempfile::tempdir_in(&scratch).unwrap();
+        let (dir_a, dir_b) = (generated.path().join("a"), generated.path().join("b"));
+        write_tree(&dir_a, false);
+        write_tree(&dir_b, true);
+        let options = CaptureOptions::default();
+        let a = runtime
+            .block_on(capture(store.as_ref(), &dir_a, &options, &()))
+            .unwrap();
+        let b = runtime
+            .block_on(capture(store.as_ref(), &dir_b, &options, &()))
+            .unwrap();
+        println!(
+            "first tree: {} files, {} symlinks, {} directories; second: {} files, {} symlinks, {} directories",
+            a.files, a.symlinks, a.directories, b.files, b.symlinks, b.directories
+        );
+        (a.root, b.root)
+    };
+    let inputs = runtime.block_on(async {
+        let mut all = reachable_digests(store.as_ref(), &a).await.unwrap();
+        all.extend(reachable_digests(store.as_ref(), &b).await.unwrap());
+        all
+    });
+    let bench = Bench {
+        runtime,
+        store,
+        scratch,
+        a,
+        b,
+        inputs,
+        reps,
+    };
+
+    // One untimed round of each, which also checks both ways give the same tree.
+    let (_, merged) = bench.cas(None);
+    bench.forget(&merged);
+    let (_, grafted) = bench.cas(Some("imported"));
+    bench.forget(&grafted);
+    let (_, round_trip) = bench.baseline();
+    bench.forget(&round_trip);
+    assert_eq!(merged, round_trip, "CAS and file imports disagree");
+
+    let (mut merge, mut graft, mut fs) = (Vec::new(), Vec::new(), Vec::new());
+    let mut phases: [Vec<Duration>; 4] = Default::default();
+    for _ in 0..bench.reps {
+        let (time, digest) = bench.cas(None);
+        bench.forget(&digest);
+        merge.push(time);
+        let (time, digest) = bench.cas(Some("imported"));
+        bench.forget(&digest);
+        graft.push(time);
+        fs.push(bench.fs());
+        let (times, digest) = bench.baseline();
+        bench.forget(&digest);
+        for (all, time) in phases.iter_mut().zip(times) {
+            all.push(time);
+        }
+    }
+
+    println!("\n{} repetitions, times in ms", bench.reps);
+    println!("{:<34} {:>10} {:>10} {:>10}", "case", "median", "min", "max");
+    let merge = row("cas -> cas merge", &merge);
+    row("cas -> cas graft (new name)", &graft);
+    row("fs -> fs import", &fs);
+    let baseline = row("baseline: checkout+import+capture", &phases[0]);
+    row("  of which checkout x2 (copy)", &phases[1]);
+    row("  of which fs -> fs import", &phases[2]);
+    row("  of which capture", &phases[3]);
+    println!(
+        "\nbaseline / cas -> cas merge: {:.1}x (required: at least 20x)",
+        baseline.as_secs_f64() / merge.as_secs_f64()
+    );
+}

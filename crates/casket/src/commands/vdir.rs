@@ -61,7 +61,8 @@ enum Operand {
 impl Operand {
     async fn open(cx: &Context, spec: &str) -> anyhow::Result<Operand> {
         if Path::new(spec).is_dir() {
-            return Ok(Operand::Disk(FileDirectory::open(spec)?));
+            let real = std::fs::canonicalize(spec).with_context(|| format!("cannot resolve {spec}"))?;
+            return Ok(Operand::Disk(FileDirectory::open(real)?));
         }
         let root = cx.resolve(spec).await?;
         let tree = CasDirectory::open(cx.blobs.clone(), &root)
