@@ -30,7 +30,8 @@ pub enum ImportFilter {
     #[default]
     All,
     /// Exactly these paths (relative to the source). A listed directory brings only itself, not
-    /// its contents. Paths may go through symlinks of the source.
+    /// its contents. Paths may go through symlinks of the source. The root itself (`.`, which
+    /// BuildStream's listings hold) is skipped.
     Paths(Vec<String>),
     /// The listed entries for which the predicate, given the entry's path, returns true.
     Predicate(Arc<dyn Fn(&str) -> bool + Send + Sync>),
@@ -120,17 +121,10 @@ pub(crate) fn select(
         ImportFilter::Paths(paths) => {
             let mut parsed = paths
                 .iter()
-                .map(|p| {
-                    let parsed = path::parse(p)?;
-                    if parsed.is_empty() {
-                        return Err(VdirError::InvalidPath {
-                            path: p.clone(),
-                            reason: "the root itself is not an entry",
-                        });
-                    }
-                    Ok(parsed)
-                })
+                .map(|p| path::parse(p))
                 .collect::<Result<Vec<_>>>()?;
+            // The root (`.` in BuildStream's own listings) is never an entry.
+            parsed.retain(|p| !p.is_empty());
             parsed.sort();
             parsed.dedup();
             let mut out = Vec::with_capacity(parsed.len());
@@ -184,12 +178,17 @@ pub(crate) fn apply(
             }
             grafted = None;
         }
+        // Skipped before DEST is touched: no parents created, nothing in their way matters.
+        if let Slot::Special(kind) = entry.slot {
+            report.skipped.push(Skipped { path: shown, kind });
+            continue;
+        }
         let (name, parents) = entry.path.split_last().expect("entries are never the root");
         let components: Vec<Option<&str>> = parents.iter().map(|n| Some(n.as_str())).collect();
         let parent = dest.walk(root, root, &components, true, &mut { MAX_LINKS })?;
         let existing = dest.lookup(parent, name.as_str())?;
         match entry.slot {
-            Slot::Special(kind) => report.skipped.push(Skipped { path: shown, kind }),
+            Slot::Special(_) => unreachable!("skipped above"),
             Slot::Dir(source_dir) => match existing {
                 None => match source.known_digest(source_dir).filter(|_| entry.whole) {
                     Some(digest) => {

@@ -366,9 +366,14 @@ impl Stage {
         }
     }
 
-    fn record(&mut self, op: impl FnOnce() -> Op) {
-        if let Some(ops) = &mut self.ops {
-            ops.push(op());
+    /// Records the op `op` builds, only when this stage records ops (the CAS backend does not,
+    /// and so never pays for the paths).
+    fn record(&mut self, op: impl FnOnce(&Stage) -> Op) {
+        if self.ops.is_some() {
+            let op = op(self);
+            if let Some(ops) = &mut self.ops {
+                ops.push(op);
+            }
         }
     }
 
@@ -444,8 +449,7 @@ impl Stage {
             }),
         });
         self.changed(dir)?.entries.insert(name.clone(), Slot::Dir(id));
-        let path = self.entry_path(dir, &name);
-        self.record(|| Op::Mkdir(path));
+        self.record(|stage| Op::Mkdir(stage.entry_path(dir, &name)));
         Ok(id)
     }
 
@@ -453,17 +457,17 @@ impl Stage {
     pub(crate) fn graft(&mut self, dir: NodeId, name: EntryName, digest: Digest) -> Result<NodeId> {
         let id = self.push(dir, &name, Origin::Stored(digest));
         self.changed(dir)?.entries.insert(name.clone(), Slot::Dir(id));
-        let path = self.entry_path(dir, &name);
-        self.record(|| Op::Graft(path, digest));
+        self.record(|stage| Op::Graft(stage.entry_path(dir, &name), digest));
         Ok(id)
     }
 
     /// Places a file or symlink at `name` in `dir`, which must not have that entry.
     pub(crate) fn put(&mut self, dir: NodeId, name: EntryName, slot: Slot) -> Result<()> {
-        let path = self.entry_path(dir, &name);
         match &slot {
-            Slot::File(file) => self.record(|| Op::File(path, file.clone())),
-            Slot::Symlink(link) => self.record(|| Op::Symlink(path, link.target().to_owned())),
+            Slot::File(file) => self.record(|stage| Op::File(stage.entry_path(dir, &name), file.clone())),
+            Slot::Symlink(link) => self.record(|stage| {
+                Op::Symlink(stage.entry_path(dir, &name), link.target().to_owned())
+            }),
             Slot::Dir(_) | Slot::Special(_) => unreachable!("put takes files and symlinks"),
         }
         self.changed(dir)?.entries.insert(name, slot);
@@ -472,18 +476,20 @@ impl Stage {
 
     /// Removes entry `name` of `dir`, with everything below it.
     pub(crate) fn remove(&mut self, dir: NodeId, name: &EntryName) -> Result<()> {
-        let path = self.entry_path(dir, name);
-        let whole = match self.lookup(dir, name.as_str())? {
-            Some(Slot::Dir(id)) => !self.is_empty_dir(id)?,
-            _ => false,
-        };
-        self.record(|| {
-            if whole {
-                Op::RemoveTree(path)
-            } else {
-                Op::Remove(path)
-            }
-        });
+        if self.ops.is_some() {
+            let whole = match self.lookup(dir, name.as_str())? {
+                Some(Slot::Dir(id)) => !self.is_empty_dir(id)?,
+                _ => false,
+            };
+            self.record(|stage| {
+                let path = stage.entry_path(dir, name);
+                if whole {
+                    Op::RemoveTree(path)
+                } else {
+                    Op::Remove(path)
+                }
+            });
+        }
         self.changed(dir)?.entries.remove(name.as_str());
         Ok(())
     }
@@ -496,8 +502,7 @@ impl Stage {
         to: NodeId,
         to_name: EntryName,
     ) -> Result<()> {
-        let (old, new) = (self.entry_path(from, name), self.entry_path(to, &to_name));
-        self.record(|| Op::Rename(old, new));
+        self.record(|stage| Op::Rename(stage.entry_path(from, name), stage.entry_path(to, &to_name)));
         let slot = self
             .changed(from)?
             .entries
@@ -635,7 +640,7 @@ impl Stage {
         };
         directory.set_properties(loaded.properties.clone());
         let bytes = Bytes::from(directory.encode());
-        let digest = directory.digest(self.function);
+        let digest = Digest::of(self.function, &bytes);
         loaded.digest = Some(digest);
         self.directories.insert(digest, Arc::new(directory));
         new.push((digest, bytes));
