@@ -4,7 +4,7 @@
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -191,7 +191,12 @@ impl Writer<'_> {
                     },
                     ..CheckoutOptions::default()
                 };
-                casket_tree::checkout(store, &digest, &self.full(&path), &options, &()).await?;
+                // The parent is reached through its descriptor (`/proc/self/fd`), so no symlink
+                // on the way is followed, as for every other op.
+                let (dir, name) = self.parent(&path)?;
+                let target = PathBuf::from(format!("/proc/self/fd/{}/{name}", dir.as_raw_fd()));
+                casket_tree::checkout(store, &digest, &target, &options, &()).await?;
+                drop(dir);
                 Ok(())
             }
         }
@@ -406,6 +411,14 @@ impl Directory for FileDirectory {
             last_modification: time,
         };
         for path in paths.iter().map(|p| self.root.join(p)).chain([self.root.clone()]) {
+            let stat = rustix::fs::lstat(&path).map_err(errno("stat", &path))?;
+            // A file with other links (a store object, a linked source) is left alone: its
+            // time is theirs too, and the store's objects are never modified.
+            if rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::RegularFile
+                && stat.st_nlink > 1
+            {
+                continue;
+            }
             rustix::fs::utimensat(rustix::fs::CWD, &path, &times, AtFlags::SYMLINK_NOFOLLOW)
                 .map_err(errno("set mtime", &path))?;
         }

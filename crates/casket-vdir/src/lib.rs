@@ -114,7 +114,8 @@ pub trait Directory: Send + Sync + std::fmt::Debug {
     async fn get_size(&self) -> Result<u64>;
 
     /// Makes every timestamp of the tree deterministic: on disk, sets every mtime to
-    /// [`DETERMINISTIC_MTIME`]; in the CAS, drops recorded mtimes.
+    /// [`DETERMINISTIC_MTIME`] (except files with other hard links, such as store objects,
+    /// whose time belongs to those links too); in the CAS, drops recorded mtimes.
     async fn set_deterministic_mtime(&self) -> Result<()>;
 
     /// A read-only copy of the tree as it is now.
