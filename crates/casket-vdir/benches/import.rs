@@ -14,7 +14,10 @@
 //! * `baseline`: checkout of both trees (copy) + the file import + capture of the result.
 //!
 //! Directory messages stored by one repetition are deleted before the next, so each pays for
-//! storing them. The table gives median, min and max, and the ratio baseline / CAS merge.
+//! storing them. Each case runs its repetitions in a row (after one untimed CAS round); every
+//! baseline repetition checks it gives the same root as the CAS merge. The table gives median,
+//! min and max, the phases of the CAS merge and of the baseline, and the ratio of the medians
+//! baseline / CAS merge. The file-system cases are sensitive to other I/O on the machine.
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
 use std::collections::HashSet;
@@ -147,12 +150,17 @@ impl Bench {
         tempfile::tempdir_in(&self.scratch).unwrap()
     }
 
-    /// CAS -> CAS, into the root (`below == None`) or into a new directory.
-    fn cas(&self, below: Option<&str>) -> (Duration, Digest) {
+    /// CAS -> CAS, into the root (`below == None`) or into a new directory: total time, then
+    /// its phases (open both, import, digest), and the new root.
+    fn cas(&self, below: Option<&str>) -> ([Duration; 4], Digest) {
         let start = Instant::now();
-        let digest = self.runtime.block_on(async {
+        let (dest, source) = self.runtime.block_on(async {
             let dest = CasDirectory::open(self.store.clone(), &self.a).await.unwrap();
             let source = CasDirectory::open(self.store.clone(), &self.b).await.unwrap();
+            (dest, source)
+        });
+        let opened = Instant::now();
+        self.runtime.block_on(async {
             let into: Box<dyn Directory> = match below {
                 Some(name) => dest.descend(name, true).await.unwrap(),
                 None => Box::new(dest.clone()),
@@ -160,13 +168,17 @@ impl Bench {
             into.import_files(&source, &ImportFilter::All, &ImportOptions::default())
                 .await
                 .unwrap();
-            dest.digest().await.unwrap()
         });
-        (start.elapsed(), digest)
+        let imported = Instant::now();
+        let digest = self.runtime.block_on(dest.digest()).unwrap();
+        let done = Instant::now();
+        let phases = [done - start, opened - start, imported - opened, done - imported];
+        (phases, digest)
     }
 
-    /// FS -> FS import between two checkouts; the checkouts are not timed.
-    fn fs(&self) -> Duration {
+    /// FS -> FS import between two checkouts; the checkouts are not timed. Returns the
+    /// directory of the checkouts, to be deleted only at the end (see `main`).
+    fn fs(&self) -> (Duration, tempfile::TempDir) {
         let work = self.fresh_dir();
         let (dest, src) = (work.path().join("dest"), work.path().join("src"));
         self.checkout(&self.a, &dest);
@@ -183,11 +195,12 @@ impl Bench {
                 .await
                 .unwrap();
         });
-        start.elapsed()
+        (start.elapsed(), work)
     }
 
-    /// Checkout of both + file import + capture: total and its three phases.
-    fn baseline(&self) -> ([Duration; 4], Digest) {
+    /// Checkout of both + file import + capture: total and its three phases, the new root and
+    /// the directory of the checkouts.
+    fn baseline(&self) -> ([Duration; 4], Digest, tempfile::TempDir) {
         let work = self.fresh_dir();
         let (dest, src) = (work.path().join("dest"), work.path().join("src"));
         let start = Instant::now();
@@ -223,7 +236,7 @@ impl Bench {
             imported - checked_out,
             captured - imported,
         ];
-        (phases, root)
+        (phases, root, work)
     }
 }
 
@@ -257,6 +270,9 @@ fn main() {
     let scratch = tmp.path().join("scratch");
     std::fs::create_dir_all(&scratch).unwrap();
 
+    // Nothing is deleted from the scratch directory before the end: deleting thousands of
+    // files makes creating new ones (objects, checkouts) slower for a while on ext4.
+    let mut keep = Vec::new();
     let (a, b) = {
         let generated = tempfile::tempdir_in(&scratch).unwrap();
         let (dir_a, dir_b) = (generated.path().join("a"), generated.path().join("b"));
@@ -273,6 +289,7 @@ fn main() {
             "first tree: {} files, {} symlinks, {} directories; second: {} files, {} symlinks, {} directories",
             a.files, a.symlinks, a.directories, b.files, b.symlinks, b.directories
         );
+        keep.push(generated);
         (a.root, b.root)
     };
     let inputs = runtime.block_on(async {
@@ -290,43 +307,56 @@ fn main() {
         reps,
     };
 
-    // One untimed round of each, which also checks both ways give the same tree.
-    let (_, merged) = bench.cas(None);
-    bench.forget(&merged);
-    let (_, grafted) = bench.cas(Some("imported"));
-    bench.forget(&grafted);
-    let (_, round_trip) = bench.baseline();
-    bench.forget(&round_trip);
-    assert_eq!(merged, round_trip, "CAS and file imports disagree");
-
-    let (mut merge, mut graft, mut fs) = (Vec::new(), Vec::new(), Vec::new());
-    let mut phases: [Vec<Duration>; 4] = Default::default();
+    // Each case runs its repetitions in a row, the CAS ones first.
+    let (_, warm_up) = bench.cas(None);
+    bench.forget(&warm_up);
+    let mut merge: [Vec<Duration>; 4] = Default::default();
+    let mut merged = None;
     for _ in 0..bench.reps {
-        let (time, digest) = bench.cas(None);
+        let (times, digest) = bench.cas(None);
         bench.forget(&digest);
-        merge.push(time);
-        let (time, digest) = bench.cas(Some("imported"));
+        merged = Some(digest);
+        merge.iter_mut().zip(times).for_each(|(all, time)| all.push(time));
+    }
+    let mut graft = Vec::new();
+    for _ in 0..bench.reps {
+        let ([time, ..], digest) = bench.cas(Some("imported"));
         bench.forget(&digest);
         graft.push(time);
-        fs.push(bench.fs());
-        let (times, digest) = bench.baseline();
+    }
+    let mut fs = Vec::new();
+    for _ in 0..bench.reps {
+        let (time, work) = bench.fs();
+        keep.push(work);
+        fs.push(time);
+    }
+    let mut baseline: [Vec<Duration>; 4] = Default::default();
+    for _ in 0..bench.reps {
+        let (times, digest, work) = bench.baseline();
         bench.forget(&digest);
-        for (all, time) in phases.iter_mut().zip(times) {
-            all.push(time);
-        }
+        keep.push(work);
+        assert_eq!(Some(digest), merged, "CAS and file imports disagree");
+        baseline
+            .iter_mut()
+            .zip(times)
+            .for_each(|(all, time)| all.push(time));
     }
 
     println!("\n{} repetitions, times in ms", bench.reps);
     println!("{:<34} {:>10} {:>10} {:>10}", "case", "median", "min", "max");
-    let merge = row("cas -> cas merge", &merge);
+    let merge_median = row("cas -> cas merge", &merge[0]);
+    row("  of which open x2", &merge[1]);
+    row("  of which import", &merge[2]);
+    row("  of which digest (stores dirs)", &merge[3]);
     row("cas -> cas graft (new name)", &graft);
     row("fs -> fs import", &fs);
-    let baseline = row("baseline: checkout+import+capture", &phases[0]);
-    row("  of which checkout x2 (copy)", &phases[1]);
-    row("  of which fs -> fs import", &phases[2]);
-    row("  of which capture", &phases[3]);
+    let baseline_median = row("baseline: checkout+import+capture", &baseline[0]);
+    row("  of which checkout x2 (copy)", &baseline[1]);
+    row("  of which fs -> fs import", &baseline[2]);
+    row("  of which capture", &baseline[3]);
     println!(
         "\nbaseline / cas -> cas merge: {:.1}x (required: at least 20x)",
-        baseline.as_secs_f64() / merge.as_secs_f64()
+        baseline_median.as_secs_f64() / merge_median.as_secs_f64()
     );
+    drop(keep);
 }
