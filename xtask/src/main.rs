@@ -29,7 +29,12 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// The fuzz targets in `fuzz/`.
-const FUZZ_TARGETS: [&str; 4] = ["parse_digest", "decode_directory", "parse_ref_name", "import_rules"];
+const FUZZ_TARGETS: [&str; 4] = [
+    "parse_digest",
+    "decode_directory",
+    "parse_ref_name",
+    "import_rules",
+];
 
 /// The CI sequence: formatting, lints, docs, every test, a short run of every fuzz target.
 fn test() -> anyhow::Result<()> {

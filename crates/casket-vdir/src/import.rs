@@ -119,10 +119,7 @@ pub(crate) fn select(
             })
             .collect()),
         ImportFilter::Paths(paths) => {
-            let mut parsed = paths
-                .iter()
-                .map(|p| path::parse(p))
-                .collect::<Result<Vec<_>>>()?;
+            let mut parsed = paths.iter().map(|p| path::parse(p)).collect::<Result<Vec<_>>>()?;
             // The root (`.` in BuildStream's own listings) is never an entry.
             parsed.retain(|p| !p.is_empty());
             parsed.sort();

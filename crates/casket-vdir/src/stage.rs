@@ -465,9 +465,9 @@ impl Stage {
     pub(crate) fn put(&mut self, dir: NodeId, name: EntryName, slot: Slot) -> Result<()> {
         match &slot {
             Slot::File(file) => self.record(|stage| Op::File(stage.entry_path(dir, &name), file.clone())),
-            Slot::Symlink(link) => self.record(|stage| {
-                Op::Symlink(stage.entry_path(dir, &name), link.target().to_owned())
-            }),
+            Slot::Symlink(link) => {
+                self.record(|stage| Op::Symlink(stage.entry_path(dir, &name), link.target().to_owned()))
+            }
             Slot::Dir(_) | Slot::Special(_) => unreachable!("put takes files and symlinks"),
         }
         self.changed(dir)?.entries.insert(name, slot);
