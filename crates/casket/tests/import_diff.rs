@@ -154,3 +154,35 @@ fn a_failed_import_into_a_directory_changes_nothing() {
     );
     assert_eq!(ok(casket(&store).arg("capture").arg(&a)), before);
 }
+
+#[test]
+fn checkout_as_tar_streams_the_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let a = dir.path().join("a");
+    base(&a);
+    let root = ok(casket(&store).arg("capture").arg(&a)).trim().to_owned();
+    let tar = dir.path().join("a.tar");
+    ok(casket(&store).args(["checkout", "--tar", &root]).arg(&tar));
+    let listing = ok(Command::new("tar").arg("-tvf").arg(&tar));
+    let lines: Vec<&str> = listing.lines().collect();
+    assert_eq!(lines.len(), 6, "{listing}");
+    assert!(
+        lines[0].starts_with("drwxr-xr-x") && lines[0].ends_with("etc/"),
+        "{listing}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("lrwxrwxrwx") && l.ends_with("sbin -> usr/sbin"))
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("2011-11-11") && l.ends_with("usr/sbin/init"))
+    );
+    let again = run(casket(&store).args(["checkout", "--tar", &root]).arg(&tar));
+    assert!(!again.status.success(), "an existing file is never overwritten");
+    let stdout = run(casket(&store).args(["checkout", "--tar", &root, "-"]));
+    assert_eq!(stdout.stdout, fs::read(&tar).unwrap());
+}

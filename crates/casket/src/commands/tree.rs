@@ -1,12 +1,13 @@
 //! `capture`, `checkout` and `ls`: whole trees.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context as _, anyhow};
 use casket_model::{DigestFunction, Directory, Node, RefName};
 use casket_store::BlobStoreExt;
 use casket_tree::{CaptureOptions, CheckoutMode, CheckoutOptions, Tree};
+use casket_vdir::Directory as _;
 use clap::Args;
 use serde_json::json;
 
@@ -43,11 +44,15 @@ pub struct CaptureArgs {
 pub struct CheckoutArgs {
     /// The tree: a root digest `HASH/SIZE` or a ref name.
     tree: String,
-    /// The target directory: must not exist, or be empty.
+    /// The target directory: must not exist, or be empty (with --tar: the tar file, `-` for
+    /// stdout).
     dir: PathBuf,
     /// Copy files instead of hard-linking the store's read-only objects.
     #[arg(long)]
     copy: bool,
+    /// Write the tree as a tar stream instead (files 0644 or 0755, a fixed mtime).
+    #[arg(long, conflicts_with_all = ["copy", "jobs", "json"])]
+    tar: bool,
     /// Directories materialised at once (default: 4 per core).
     #[arg(long, short, value_name = "N")]
     jobs: Option<usize>,
@@ -104,6 +109,22 @@ pub async fn capture(cx: &Context, args: CaptureArgs) -> anyhow::Result<ExitCode
 /// Checks a tree out.
 pub async fn checkout(cx: &Context, args: CheckoutArgs) -> anyhow::Result<ExitCode> {
     let root = cx.resolve(&args.tree).await?;
+    if args.tar {
+        let out: Box<dyn std::io::Write + Send> = if args.dir == Path::new("-") {
+            Box::new(std::io::stdout())
+        } else {
+            let file = std::fs::File::create_new(&args.dir)
+                .with_context(|| format!("cannot create {}", args.dir.display()))?;
+            Box::new(std::io::BufWriter::new(file))
+        };
+        let tree = casket_vdir::CasDirectory::open(cx.blobs.clone(), &root).await?;
+        tree.snapshot()
+            .await?
+            .export_tar(out)
+            .await
+            .with_context(|| format!("cannot write {root} as tar"))?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let options = CheckoutOptions {
         mode: if args.copy {
             CheckoutMode::Copy
