@@ -106,25 +106,7 @@ pub async fn capture(
     };
     progress.start(scan.files.len() as u64, 0);
 
-    let mut files: Vec<Option<FileNode>> = vec![None; scan.files.len()];
-    let batches = scan
-        .files
-        .chunks(BATCH)
-        .enumerate()
-        .map(|(i, paths)| (i * BATCH, paths.to_vec()));
-    let mut stored = futures::stream::iter(batches)
-        .map(|(first, paths)| store_batch(store, first, paths, options, progress))
-        .buffer_unordered(options.concurrency.max(1));
-    while let Some(batch) = stored.try_next().await? {
-        for (index, node) in batch {
-            files[index] = Some(node);
-        }
-    }
-    drop(stored);
-    let files: Vec<FileNode> = files
-        .into_iter()
-        .map(|f| f.expect("every batch completed"))
-        .collect();
+    let files = store_files(store, scan.files, options, progress).await?;
     let file_bytes = files.iter().map(|f| f.digest.size()).sum();
 
     let mut directory_digests = vec![None; scan.directories.len()];
@@ -154,6 +136,37 @@ pub async fn capture(
         symlinks: scan.symlinks,
         file_bytes,
     })
+}
+
+/// Stores the regular files at `paths` (opened without following symlinks), `concurrency`
+/// batches at a time: small files read whole and stored together with `put_many`, large ones
+/// streamed with `ingest_file`. Returns their nodes in the order of `paths`.
+pub async fn store_files(
+    store: &dyn BlobStore,
+    paths: Vec<PathBuf>,
+    options: &CaptureOptions,
+    progress: &dyn Progress,
+) -> Result<Vec<FileNode>> {
+    let mut files: Vec<Option<FileNode>> = vec![None; paths.len()];
+    // Owned batches: a stream borrowing `paths` would not be `Send` for every lifetime.
+    let batches: Vec<(usize, Vec<PathBuf>)> = paths
+        .chunks(BATCH)
+        .enumerate()
+        .map(|(i, paths)| (i * BATCH, paths.to_vec()))
+        .collect();
+    let mut stored = futures::stream::iter(batches)
+        .map(|(first, paths)| store_batch(store, first, paths, options, progress))
+        .buffer_unordered(options.concurrency.max(1));
+    while let Some(batch) = stored.try_next().await? {
+        for (index, node) in batch {
+            files[index] = Some(node);
+        }
+    }
+    drop(stored);
+    Ok(files
+        .into_iter()
+        .map(|f| f.expect("every batch completed"))
+        .collect())
 }
 
 /// Reads a batch of files on a blocking thread, then stores the small ones with one

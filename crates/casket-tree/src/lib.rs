@@ -11,7 +11,7 @@ mod error;
 pub mod maintenance;
 mod tree;
 
-pub use capture::{CaptureOptions, Captured, capture};
+pub use capture::{CaptureOptions, Captured, capture, store_files};
 pub use checkout::{CheckedOut, CheckoutMode, CheckoutOptions, checkout};
 pub use error::{Result, TreeError};
 pub use tree::Tree;

@@ -2,19 +2,17 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use casket_model::{Digest, DigestFunction, Directory as DirectoryMessage, NodeProperties};
 use casket_store::{BlobStore, NewBlob};
-use casket_tree::Tree;
-use futures::{StreamExt, TryStreamExt};
+use casket_tree::{CaptureOptions, Tree};
 
-use crate::error::{Result, VdirError, io_error, store_error};
+use crate::error::{Result, VdirError, store_error};
 use crate::import::{ImportFilter, ImportOptions, ImportReport, SourceEntry};
-use crate::snapshot::{self, Fingerprints, Snapshot, Stat};
+use crate::snapshot::{self, Baseline, Snapshot, Stat};
 use crate::stage::{Content, NodeId, ROOT, Slot, Stage, StagedFile};
 use crate::{Directory, edit};
 
@@ -25,7 +23,7 @@ use crate::{Directory, edit};
 pub struct CasDirectory {
     shared: Arc<Shared>,
     node: NodeId,
-    baseline: Arc<Mutex<Option<Fingerprints>>>,
+    baseline: Baseline,
 }
 
 struct Shared {
@@ -43,9 +41,6 @@ impl fmt::Debug for CasDirectory {
             .finish()
     }
 }
-
-/// Files at most this large are read into memory and stored in batches by an import from disk.
-const SMALL_FILE: u64 = 64 << 10;
 
 impl CasDirectory {
     /// An empty tree in `store`.
@@ -76,7 +71,7 @@ impl CasDirectory {
                 unstored: Mutex::new(Vec::new()),
             }),
             node: ROOT,
-            baseline: Arc::default(),
+            baseline: Baseline::default(),
         }
     }
 
@@ -137,7 +132,7 @@ impl CasDirectory {
         CasDirectory {
             shared: self.shared.clone(),
             node,
-            baseline: Arc::default(),
+            baseline: Baseline::default(),
         }
     }
 
@@ -155,76 +150,32 @@ impl CasDirectory {
     }
 
     /// Stores the files of `entries` that are on disk, so that the tree refers to them by
-    /// digest. Small files are read in batches and stored together; large ones are streamed.
+    /// digest.
     async fn store_disk_files(&self, function: DigestFunction, entries: &mut [SourceEntry]) -> Result<()> {
-        let mut small = Vec::new();
-        let mut large = Vec::new();
+        let mut indices = Vec::new();
+        let mut paths = Vec::new();
         for (index, entry) in entries.iter().enumerate() {
             if let Slot::File(StagedFile {
-                content: Content::Disk { path, stamp },
+                content: Content::Disk { path, .. },
                 ..
             }) = &entry.slot
             {
-                if stamp.size <= SMALL_FILE {
-                    &mut small
-                } else {
-                    &mut large
-                }
-                .push((index, path.clone()));
+                indices.push(index);
+                paths.push(path.clone());
             }
         }
-        let store = &self.shared.store;
-        let mut digests: Vec<(usize, Digest)> = futures::stream::iter(large)
-            .map(|(index, path)| async move {
-                let digest = store
-                    .ingest_file(&path, function)
-                    .await
-                    .map_err(store_error(path.display().to_string()))?;
-                Ok::<_, VdirError>((index, digest))
-            })
-            .buffer_unordered(casket_tree::default_concurrency())
-            .try_collect()
-            .await?;
-        let batches: Vec<Vec<(usize, PathBuf)>> = small.chunks(128).map(<[_]>::to_vec).collect();
-        let stored: Vec<Vec<(usize, Digest)>> = futures::stream::iter(batches)
-            .map(|batch| async move {
-                let (indices, paths): (Vec<usize>, Vec<PathBuf>) = batch.into_iter().unzip();
-                let (blobs, paths) = tokio::task::spawn_blocking(move || read_small(paths))
-                    .await
-                    .map_err(|e| VdirError::Task(e.to_string()))??;
-                let results = store.put_many(function, blobs).await.map_err(store_error("."))?;
-                indices
-                    .into_iter()
-                    .zip(results)
-                    .zip(paths)
-                    .map(|((index, result), path)| {
-                        result
-                            .map(|digest| (index, digest))
-                            .map_err(store_error(path.display().to_string()))
-                    })
-                    .collect::<Result<Vec<_>>>()
-            })
-            .buffer_unordered(casket_tree::default_concurrency())
-            .try_collect()
-            .await?;
-        digests.extend(stored.into_iter().flatten());
-        for (index, digest) in digests {
+        let options = CaptureOptions {
+            function,
+            ..CaptureOptions::default()
+        };
+        let nodes = casket_tree::store_files(self.shared.store.as_ref(), paths, &options, &()).await?;
+        for (index, node) in indices.into_iter().zip(nodes) {
             if let Slot::File(file) = &mut entries[index].slot {
-                file.content = Content::Stored(digest);
+                file.content = Content::Stored(node.digest);
             }
         }
         Ok(())
     }
-}
-
-/// Reads small files whole; a file that grew past the small-file size is still read whole.
-fn read_small(paths: Vec<PathBuf>) -> Result<(Vec<NewBlob>, Vec<PathBuf>)> {
-    let mut blobs = Vec::with_capacity(paths.len());
-    for path in &paths {
-        let data = std::fs::read(path).map_err(io_error("read", path))?;
-        blobs.push(NewBlob::new(Bytes::from(data)));
-    }
-    Ok((blobs, paths))
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -304,14 +255,11 @@ impl Directory for CasDirectory {
     }
 
     async fn mark_unmodified(&self) -> Result<()> {
-        let prints = self.read(snapshot::fingerprints)?;
-        *lock(&self.baseline) = Some(prints);
-        Ok(())
+        self.read(|stage, root| self.baseline.mark(stage, root))
     }
 
     async fn list_modified_paths(&self) -> Result<Vec<String>> {
-        let baseline = lock(&self.baseline).clone();
-        self.read(|stage, root| snapshot::modified(stage, root, baseline.as_ref()))
+        self.read(|stage, root| self.baseline.modified(stage, root))
     }
 
     async fn get_size(&self) -> Result<u64> {

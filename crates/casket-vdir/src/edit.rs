@@ -2,13 +2,9 @@
 
 use crate::error::{Result, VdirError};
 use crate::import::{self, ImportFilter, ImportOptions, ImportReport, SourceEntry};
-use crate::path::{self, RelPath};
+use crate::path::{self, RelPath, components};
 use crate::snapshot::Snapshot;
 use crate::stage::{MAX_LINKS, NodeId, Slot, Stage, StagedFile};
-
-fn components(path: &[casket_model::EntryName]) -> Vec<Option<&str>> {
-    path.iter().map(|n| Some(n.as_str())).collect()
-}
 
 /// Splits an API path into its parent components and last name; the root is refused.
 fn split(path: &str) -> Result<(RelPath, casket_model::EntryName)> {

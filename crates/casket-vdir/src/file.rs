@@ -6,7 +6,7 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -20,7 +20,7 @@ use rustix::io::Errno;
 use crate::error::{Result, VdirError, io_error, store_error};
 use crate::import::{ImportFilter, ImportOptions, ImportReport};
 use crate::path::{RelPath, display};
-use crate::snapshot::{self, DETERMINISTIC_MTIME, Fingerprints, Snapshot, Stat};
+use crate::snapshot::{self, Baseline, DETERMINISTIC_MTIME, Snapshot, Stat};
 use crate::stage::{Content, NodeId, Op, ROOT, Stage, StagedFile};
 use crate::{Directory, edit};
 
@@ -30,7 +30,7 @@ use crate::{Directory, edit};
 #[derive(Clone)]
 pub struct FileDirectory {
     root: PathBuf,
-    baseline: Arc<Mutex<Option<Fingerprints>>>,
+    baseline: Baseline,
 }
 
 impl fmt::Debug for FileDirectory {
@@ -51,7 +51,7 @@ impl FileDirectory {
         }
         Ok(FileDirectory {
             root,
-            baseline: Arc::default(),
+            baseline: Baseline::default(),
         })
     }
 
@@ -386,14 +386,11 @@ impl Directory for FileDirectory {
     }
 
     async fn mark_unmodified(&self) -> Result<()> {
-        let prints = self.read(snapshot::fingerprints)?;
-        *self.baseline.lock().unwrap_or_else(|p| p.into_inner()) = Some(prints);
-        Ok(())
+        self.read(|stage, root| self.baseline.mark(stage, root))
     }
 
     async fn list_modified_paths(&self) -> Result<Vec<String>> {
-        let baseline = self.baseline.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        self.read(|stage, root| snapshot::modified(stage, root, baseline.as_ref()))
+        self.read(|stage, root| self.baseline.modified(stage, root))
     }
 
     async fn get_size(&self) -> Result<u64> {

@@ -146,7 +146,7 @@ pub(crate) fn find(stage: &mut Stage, root: NodeId, path: &[EntryName]) -> Resul
     let Some((name, parents)) = path.split_last() else {
         return Ok(Some(Slot::Dir(root)));
     };
-    let components: Vec<Option<&str>> = parents.iter().map(|n| Some(n.as_str())).collect();
+    let components = path::components(parents);
     match stage.walk(root, root, &components, false, &mut { MAX_LINKS }) {
         Ok(dir) => stage.lookup(dir, name.as_str()),
         Err(VdirError::NotFound { .. } | VdirError::NotADirectory { .. }) => Ok(None),
@@ -181,7 +181,7 @@ pub(crate) fn apply(
             continue;
         }
         let (name, parents) = entry.path.split_last().expect("entries are never the root");
-        let components: Vec<Option<&str>> = parents.iter().map(|n| Some(n.as_str())).collect();
+        let components = path::components(parents);
         let parent = dest.walk(root, root, &components, true, &mut { MAX_LINKS })?;
         let existing = dest.lookup(parent, name.as_str())?;
         match entry.slot {

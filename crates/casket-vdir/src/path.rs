@@ -36,6 +36,11 @@ pub(crate) fn target_components(target: &str) -> (bool, Vec<Option<&str>>) {
     (target.starts_with('/'), components)
 }
 
+/// A path's components in the form [`crate::stage::Stage::walk`] takes.
+pub(crate) fn components(path: &[EntryName]) -> Vec<Option<&str>> {
+    path.iter().map(|n| Some(n.as_str())).collect()
+}
+
 /// Joins components with `/` (`.` for none).
 pub(crate) fn display(path: &[EntryName]) -> String {
     if path.is_empty() {

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Read, Write};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use casket_model::{Digest, EntryName};
@@ -88,7 +88,7 @@ pub(crate) enum FileIdentity {
 }
 
 /// Fingerprints of every entry of a tree, by path.
-pub(crate) type Fingerprints = BTreeMap<String, Fingerprint>;
+type Fingerprints = BTreeMap<String, Fingerprint>;
 
 fn fingerprint(slot: &Slot) -> Fingerprint {
     match slot {
@@ -160,36 +160,46 @@ pub(crate) fn size(stage: &mut Stage, root: NodeId) -> Result<u64> {
         .sum())
 }
 
-/// Fingerprints of every entry below `root`.
-pub(crate) fn fingerprints(stage: &mut Stage, root: NodeId) -> Result<Fingerprints> {
-    Ok(stage
-        .walk_entries(root)?
-        .iter()
-        .map(|(p, slot)| (display(p), fingerprint(slot)))
-        .collect())
-}
+/// What [`crate::Directory::mark_unmodified`] remembered for one handle (shared by its clones):
+/// the fingerprint of every entry then.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Baseline(Arc<Mutex<Option<Fingerprints>>>);
 
-/// Files and symlinks below `root` that are new or changed since `baseline` (all of them
-/// without a baseline), in listing order.
-pub(crate) fn modified(
-    stage: &mut Stage,
-    root: NodeId,
-    baseline: Option<&Fingerprints>,
-) -> Result<Vec<String>> {
-    Ok(stage
-        .walk_entries(root)?
-        .iter()
-        .filter(|(_, slot)| matches!(slot, Slot::File(_) | Slot::Symlink(_)))
-        .map(|(p, slot)| (display(p), fingerprint(slot)))
-        .filter(|(p, print)| baseline.and_then(|b| b.get(p)) != Some(print))
-        .map(|(p, _)| p)
-        .collect())
+impl Baseline {
+    fn prints(&self) -> MutexGuard<'_, Option<Fingerprints>> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Remembers the entries below `root` as they are now.
+    pub(crate) fn mark(&self, stage: &mut Stage, root: NodeId) -> Result<()> {
+        let prints = stage
+            .walk_entries(root)?
+            .iter()
+            .map(|(p, slot)| (display(p), fingerprint(slot)))
+            .collect();
+        *self.prints() = Some(prints);
+        Ok(())
+    }
+
+    /// Files and symlinks below `root` that are new or changed since [`Baseline::mark`] (all
+    /// of them if it was never called), in listing order.
+    pub(crate) fn modified(&self, stage: &mut Stage, root: NodeId) -> Result<Vec<String>> {
+        let entries = stage.walk_entries(root)?;
+        let baseline = self.prints();
+        Ok(entries
+            .iter()
+            .filter(|(_, slot)| matches!(slot, Slot::File(_) | Slot::Symlink(_)))
+            .map(|(p, slot)| (display(p), fingerprint(slot)))
+            .filter(|(p, print)| baseline.as_ref().and_then(|b| b.get(p)) != Some(print))
+            .map(|(p, _)| p)
+            .collect())
+    }
 }
 
 /// The file `path` resolves to, following every symlink inside `root`.
 pub(crate) fn file_at(stage: &mut Stage, root: NodeId, path: &str) -> Result<StagedFile> {
     let parsed = path::parse(path)?;
-    let mut components: Vec<Option<&str>> = parsed.iter().map(|n| Some(n.as_str())).collect();
+    let mut components = path::components(&parsed);
     let Some(last) = components.pop() else {
         return Err(VdirError::IsADirectory {
             path: path.to_owned(),
@@ -325,21 +335,21 @@ fn diff_dirs(
     for name in names {
         prefix.push(name.clone());
         match (left.get(name), right.get(name)) {
-            (Some(x), None) => all_below(a, x, prefix, &mut diff.removed)?,
-            (None, Some(y)) => all_below(b, y, prefix, &mut diff.added)?,
+            (Some(x), None) => {
+                diff.removed.push(display(prefix));
+                below(a, x, prefix, &mut diff.removed)?;
+            }
+            (None, Some(y)) => {
+                diff.added.push(display(prefix));
+                below(b, y, prefix, &mut diff.added)?;
+            }
             (Some(Slot::Dir(x)), Some(Slot::Dir(y))) => diff_dirs((a, *x), (b, *y), prefix, diff)?,
             (Some(x), Some(y)) => {
                 if fingerprint(x) != fingerprint(y) {
                     diff.changed.push(display(prefix));
                 }
-                if let Slot::Dir(_) = x {
-                    all_below(a, x, prefix, &mut diff.removed)?;
-                    diff.removed.retain(|p| *p != display(prefix));
-                }
-                if let Slot::Dir(_) = y {
-                    all_below(b, y, prefix, &mut diff.added)?;
-                    diff.added.retain(|p| *p != display(prefix));
-                }
+                below(a, x, prefix, &mut diff.removed)?;
+                below(b, y, prefix, &mut diff.added)?;
             }
             (None, None) => unreachable!("the name came from one side"),
         }
@@ -348,8 +358,8 @@ fn diff_dirs(
     Ok(())
 }
 
-fn all_below(stage: &mut Stage, slot: &Slot, prefix: &RelPath, out: &mut Vec<String>) -> Result<()> {
-    out.push(display(prefix));
+/// The paths below `slot` (nothing unless it is a directory), under `prefix`.
+fn below(stage: &mut Stage, slot: &Slot, prefix: &RelPath, out: &mut Vec<String>) -> Result<()> {
     if let Slot::Dir(id) = slot {
         for (path, _) in stage.walk_entries(*id)? {
             let mut full = prefix.clone();

@@ -309,9 +309,13 @@ impl Stage {
 
     /// The entries of directory `id`, loading it if needed.
     pub(crate) fn entries(&mut self, id: NodeId) -> Result<&BTreeMap<EntryName, Slot>> {
+        Ok(&self.loaded(id)?.entries)
+    }
+
+    fn loaded(&mut self, id: NodeId) -> Result<&Loaded> {
         self.load(id)?;
         match &self.nodes[id].state {
-            DirState::Loaded(loaded) => Ok(&loaded.entries),
+            DirState::Loaded(loaded) => Ok(loaded),
             DirState::Unloaded(_) => unreachable!("loaded above"),
         }
     }
@@ -531,15 +535,19 @@ impl Stage {
     pub(crate) fn clear_mtimes(&mut self, id: NodeId) -> Result<()> {
         let mut stack = vec![id];
         while let Some(dir) = stack.pop() {
-            let loaded = self.changed_if(dir, |loaded| {
-                loaded.properties.mtime.is_some()
-                    || loaded.entries.values().any(|slot| match slot {
-                        Slot::File(f) => f.properties.mtime.is_some(),
-                        Slot::Symlink(s) => s.properties.mtime.is_some(),
-                        Slot::Dir(_) | Slot::Special(_) => false,
-                    })
-            })?;
-            if let Some(loaded) = loaded {
+            let loaded = self.loaded(dir)?;
+            stack.extend(loaded.entries.values().filter_map(|slot| match slot {
+                Slot::Dir(child) => Some(*child),
+                _ => None,
+            }));
+            let dated = loaded.properties.mtime.is_some()
+                || loaded.entries.values().any(|slot| match slot {
+                    Slot::File(f) => f.properties.mtime.is_some(),
+                    Slot::Symlink(s) => s.properties.mtime.is_some(),
+                    Slot::Dir(_) | Slot::Special(_) => false,
+                });
+            if dated {
+                let loaded = self.changed(dir)?;
                 loaded.properties.mtime = None;
                 for slot in loaded.entries.values_mut() {
                     match slot {
@@ -549,24 +557,8 @@ impl Stage {
                     }
                 }
             }
-            stack.extend(self.entries(dir)?.values().filter_map(|slot| match slot {
-                Slot::Dir(child) => Some(*child),
-                _ => None,
-            }));
         }
         Ok(())
-    }
-
-    fn changed_if(&mut self, id: NodeId, test: impl Fn(&Loaded) -> bool) -> Result<Option<&mut Loaded>> {
-        self.load(id)?;
-        let DirState::Loaded(loaded) = &self.nodes[id].state else {
-            unreachable!("loaded above")
-        };
-        if test(loaded) {
-            self.changed(id).map(Some)
-        } else {
-            Ok(None)
-        }
     }
 
     /// Every entry below `id` with its path relative to `id`, depth first: a directory right
