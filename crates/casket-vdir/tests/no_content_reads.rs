@@ -3,15 +3,17 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{HashMap, HashSet};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+
+mod common;
 
 use async_trait::async_trait;
 use casket_model::{Digest, DigestFunction};
 use casket_store::{BlobStore, BlobStream, BlobWriter, MemoryStore, NewBlob, ReadRange, Result, Usage};
 use casket_tree::{CaptureOptions, Tree, capture};
 use casket_vdir::{CasDirectory, Directory, FileDirectory, ImportFilter, ImportOptions};
+use common::trees::{Shape, write_tree};
 
 /// A store that delegates to a [`MemoryStore`] and counts, by digest, every call that hands
 /// out a blob's content (or a file holding it).
@@ -73,89 +75,18 @@ impl BlobStore for Counting {
     }
 }
 
-/// 3 top directories of 3 each of 2 (30 directories, one level of them empty in both trees).
-fn directories() -> Vec<String> {
-    let mut out = Vec::new();
-    for t in 0..3 {
-        out.push(format!("t{t}"));
-        for m in 0..3 {
-            out.push(format!("t{t}/m{m}"));
-            for l in 0..2 {
-                out.push(format!("t{t}/m{m}/l{l}"));
-            }
-        }
-    }
-    out
-}
+/// 3 top directories of 3 each of 2 (30 directories) and 600 files.
+const SHAPE: Shape = Shape {
+    tops: 3,
+    mids: 3,
+    leaves: 2,
+    files: 600,
+};
 
-const FILES: usize = 600;
-
-/// 1 to 4 KiB of bytes, different for every `(i, variant)`.
-fn content(i: usize, variant: u64) -> Vec<u8> {
-    let len = 1024 + (i * 7919 + variant as usize * 131) % 3073;
-    let mut x = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        ^ (variant + 1).wrapping_mul(0xD1B5_4A32_D192_ED03);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-fn write(path: &Path, data: &[u8], executable: bool) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, data).unwrap();
-    let mode = if executable { 0o755 } else { 0o644 };
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
-}
-
-fn symlink(target: &str, path: &Path) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::os::unix::fs::symlink(target, path).unwrap();
-}
-
-/// The first tree (`second == false`) or the second: same directories, 50% of the files
-/// identical, 10% with other content, 10% with the executable bit flipped, 20% under new names
-/// (half of them in new directories), some files of the first replaced by symlinks, and the
-/// per-directory `link` symlinks half retargeted.
-fn write_tree(root: &Path, second: bool) {
-    let dirs = directories();
-    for (d, dir) in dirs.iter().enumerate() {
-        std::fs::create_dir_all(root.join(dir)).unwrap();
-        let target = if second && d % 2 == 0 {
-            "../link".to_owned()
-        } else {
-            format!("f{d:05}")
-        };
-        symlink(&target, &root.join(dir).join("link"));
-    }
+/// A tree of [`write_tree`], plus an empty directory.
+fn write_trees(root: &Path, second: bool) {
+    write_tree(root, SHAPE, second);
     std::fs::create_dir_all(root.join("t0/empty")).unwrap();
-    for i in 0..FILES {
-        let dir = root.join(&dirs[i % dirs.len()]);
-        let executable = i % 13 == 0;
-        if !second {
-            write(&dir.join(format!("f{i:05}")), &content(i, 0), executable);
-            continue;
-        }
-        match i % 10 {
-            0..=4 => write(&dir.join(format!("f{i:05}")), &content(i, 0), executable),
-            5 => write(&dir.join(format!("f{i:05}")), &content(i, 1), executable),
-            6 => write(&dir.join(format!("f{i:05}")), &content(i, 0), !executable),
-            7 | 8 => {
-                write(&dir.join(format!("g{i:05}")), &content(i, 1), executable);
-                if i % 20 == 7 {
-                    symlink(&format!("g{i:05}"), &dir.join(format!("f{i:05}")));
-                }
-            }
-            _ => {
-                let fresh = root.join(format!("fresh{}/s{}", (i / 10) % 4, (i / 40) % 5));
-                write(&fresh.join(format!("g{i:05}")), &content(i, 1), executable);
-            }
-        }
-    }
 }
 
 fn file_digests(tree: &Tree) -> HashSet<Digest> {
@@ -166,8 +97,8 @@ fn file_digests(tree: &Tree) -> HashSet<Digest> {
 async fn cas_to_cas_import_reads_no_file_content() {
     let tmp = tempfile::tempdir().unwrap();
     let (dir_a, dir_b) = (tmp.path().join("a"), tmp.path().join("b"));
-    write_tree(&dir_a, false);
-    write_tree(&dir_b, true);
+    write_trees(&dir_a, false);
+    write_trees(&dir_b, true);
 
     let counting = Arc::new(Counting::default());
     let store: Arc<dyn BlobStore> = counting.clone();

@@ -1,0 +1,3 @@
+//! Test material shared by the crate's tests and bench.
+
+pub mod trees;
