@@ -18,7 +18,10 @@ pub(crate) fn store_code(e: &StoreError) -> Code {
         StoreError::Io { source, .. } if source.raw_os_error() == Some(28) => Code::ResourceExhausted,
         StoreError::Remote { code, .. } => Code::from_i32(*code),
         StoreError::Unsupported(_) => Code::Unimplemented,
-        StoreError::Io { .. } | StoreError::Task(_) | StoreError::ObjectStore(_) => Code::Internal,
+        StoreError::NoRoom(_) => Code::ResourceExhausted,
+        // The object store's own retries are spent: the client may try again later.
+        StoreError::ObjectStore(_) => Code::Unavailable,
+        StoreError::Io { .. } | StoreError::Task(_) => Code::Internal,
     }
 }
 

@@ -110,6 +110,13 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
     /// Blobs found present count as used (their lifetime is extended).
     async fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>>;
 
+    /// Like [`BlobStore::find_missing`], but asks the store of record and trusts no cache of
+    /// earlier answers: for decisions that must not be wrong, such as serving an action result
+    /// or accepting a ref only when everything it references is present.
+    async fn find_missing_uncached(&self, digests: &[Digest]) -> Result<Vec<Digest>> {
+        self.find_missing(digests).await
+    }
+
     /// Streams `range` of the blob, or `Ok(None)` if it is absent.
     async fn read(&self, digest: &Digest, range: ReadRange) -> Result<Option<BlobStream>>;
 

@@ -98,6 +98,9 @@ pub enum StoreError {
     /// The store cannot do this at all (a remote cache cannot delete or count, for example).
     #[error("{0} is not supported by this store")]
     Unsupported(&'static str),
+    /// A store with a limit has no room left for a write.
+    #[error("no room: {0}")]
+    NoRoom(String),
     /// A blocking task panicked or was cancelled.
     #[error("background task failed: {0}")]
     Task(String),

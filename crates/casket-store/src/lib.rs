@@ -3,8 +3,11 @@
 //! * [`BlobStore`]: the content-addressable store trait (batch `find_missing` is the primitive,
 //!   reads and writes stream), with [`BlobStoreExt`] conveniences on top.
 //! * Backends: [`DiskStore`] (read-only files under a root, atomic renames), [`MemoryStore`],
-//!   and [`ObjectStoreBlobs`] over any `object_store` backend.
-//! * [`DiskRefs`]: named roots beside a disk store; [`DiskRecords`]: action results, assets.
+//!   [`ObjectStoreBlobs`] over any `object_store` backend (S3 through [`S3Options`]), and
+//!   [`TieredStore`], a disk store in front of another store.
+//! * [`RefStore`] (named roots) and [`RecordStore`] (action results, assets), on disk beside a
+//!   disk store ([`DiskRefs`], [`DiskRecords`]) or in an object store ([`ObjectRefs`],
+//!   [`ObjectRecords`]).
 //! * `conformance` (feature `conformance`): the suite every backend must pass.
 
 mod blob_store;
@@ -13,9 +16,10 @@ pub mod conformance;
 mod disk;
 mod error;
 mod memory;
-mod object_blobs;
+mod object;
 mod records;
 mod refs;
+mod tiered;
 
 pub use blob_store::{
     BlobStore, BlobStoreExt, BlobStream, BlobWriter, CHUNK_SIZE, MAX_IN_MEMORY_BLOB, NewBlob, ReadRange,
@@ -24,6 +28,10 @@ pub use blob_store::{
 pub use disk::{DiskOptions, DiskStore, ObjectInfo, ObjectScan};
 pub use error::{Result, StoreError};
 pub use memory::MemoryStore;
-pub use object_blobs::ObjectStoreBlobs;
-pub use records::DiskRecords;
-pub use refs::{CorruptRef, DiskRefs, RefEntry, RefScan};
+pub use object::{
+    ExistenceCacheOptions, ExistenceStats, ListedBlob, ObjectRecords, ObjectRefs, ObjectStoreBlobs,
+    S3Options, TOUCH_INTERVAL,
+};
+pub use records::{DiskRecords, RecordEntry, RecordStore, action_key};
+pub use refs::{CorruptRef, DiskRefs, RefEntry, RefScan, RefStore};
+pub use tiered::{SpaceBudget, SpaceHold, TieredStore};

@@ -1,15 +1,18 @@
-//! `DiskRefs`: named roots (`project/element/key` -> digest) as small files under `ROOT/refs/`.
+//! Refs: named roots (`project/element/key` -> digest). [`RefStore`] is what callers need;
+//! [`DiskRefs`] keeps them as small files under `ROOT/refs/`, `ObjectRefs` in an object store.
 //!
 //! A ref is a file whose path below `refs/` is its name and whose content is the digest in
 //! text form. Updates write a temp file and rename it over the old one, so a reader sees the
 //! old or the new digest, never a mix. The file's mtime records when the ref was last set or
 //! read, which protects the tree it names from expiry.
 
+use std::fmt;
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use async_trait::async_trait;
 use casket_model::{Digest, RefName};
 
 use crate::disk::DiskStore;
@@ -44,6 +47,27 @@ pub struct RefScan {
     pub corrupt: Vec<CorruptRef>,
 }
 
+/// Named roots.
+#[async_trait]
+pub trait RefStore: Send + Sync + fmt::Debug {
+    /// Points `name` at `digest`, atomically replacing any previous value.
+    async fn set(&self, name: &RefName, digest: &Digest) -> Result<()>;
+
+    /// The digest `name` points at, or `None`. Reading a ref counts as using it.
+    async fn get(&self, name: &RefName) -> Result<Option<Digest>>;
+
+    /// Removes `name`; `Ok(false)` if it did not exist.
+    async fn delete(&self, name: &RefName) -> Result<bool>;
+
+    /// Every ref, and every stored entry that is not a valid ref.
+    async fn scan(&self) -> Result<RefScan>;
+
+    /// Every valid ref, sorted by name; invalid entries are skipped (see [`RefStore::scan`]).
+    async fn list(&self) -> Result<Vec<RefEntry>> {
+        Ok(self.scan().await?.refs)
+    }
+}
+
 /// The refs of a [`DiskStore`]. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct DiskRefs {
@@ -64,12 +88,6 @@ impl DiskRefs {
 
     fn path(&self, name: &RefName) -> PathBuf {
         self.dir.join(name.as_str())
-    }
-
-    /// Points `name` at `digest`, atomically replacing any previous value.
-    pub async fn set(&self, name: &RefName, digest: &Digest) -> Result<()> {
-        let (refs, name, digest) = (self.clone(), name.clone(), *digest);
-        blocking(move || refs.set_sync(&name, &digest)).await
     }
 
     fn set_sync(&self, name: &RefName, digest: &Digest) -> Result<()> {
@@ -106,66 +124,6 @@ impl DiskRefs {
         Ok(())
     }
 
-    /// The digest `name` points at, or `None`. Reading a ref counts as using it.
-    pub async fn get(&self, name: &RefName) -> Result<Option<Digest>> {
-        let (refs, name) = (self.clone(), name.clone());
-        blocking(move || {
-            let path = refs.path(&name);
-            let Some(digest) = read_ref(&name, &path)? else {
-                return Ok(None);
-            };
-            let now = fs::FileTimes::new().set_modified(SystemTime::now());
-            // A ref removed between the read and the touch was still read; ignore that race.
-            let _ = fs::File::options()
-                .write(true)
-                .open(&path)
-                .and_then(|f| f.set_times(now));
-            Ok(Some(digest))
-        })
-        .await
-    }
-
-    /// Removes `name`; `Ok(false)` if it did not exist. Empty parent folders are removed too.
-    pub async fn delete(&self, name: &RefName) -> Result<bool> {
-        let (refs, name) = (self.clone(), name.clone());
-        blocking(move || {
-            let path = refs.path(&name);
-            match fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-                Err(_) if path.is_dir() => return Err(StoreError::RefConflict(name.to_string())),
-                Err(e) => return Err(e).io_context("remove", path),
-            }
-            let mut dir = path.parent();
-            while let Some(d) = dir.filter(|d| *d != refs.dir) {
-                // Fails harmlessly when another ref still lives there.
-                if fs::remove_dir(d).is_err() {
-                    break;
-                }
-                dir = d.parent();
-            }
-            Ok(true)
-        })
-        .await
-    }
-
-    /// Every valid ref, sorted by name; invalid ref files are skipped (see [`DiskRefs::scan`]).
-    pub async fn list(&self) -> Result<Vec<RefEntry>> {
-        Ok(self.scan().await?.refs)
-    }
-
-    /// Every ref, and every file under `refs/` that is not a valid ref.
-    pub async fn scan(&self) -> Result<RefScan> {
-        let refs = self.clone();
-        blocking(move || {
-            let mut scan = RefScan::default();
-            refs.walk(&refs.dir, &mut scan)?;
-            scan.refs.sort_by(|a, b| a.name.cmp(&b.name));
-            Ok(scan)
-        })
-        .await
-    }
-
     fn walk(&self, dir: &Path, out: &mut RefScan) -> Result<()> {
         for entry in fs::read_dir(dir).io_context("list", dir)? {
             let entry = entry.io_context("list", dir)?;
@@ -199,6 +157,66 @@ impl DiskRefs {
             }
         }
         Ok(())
+    }
+}
+
+#[async_trait]
+impl RefStore for DiskRefs {
+    async fn set(&self, name: &RefName, digest: &Digest) -> Result<()> {
+        let (refs, name, digest) = (self.clone(), name.clone(), *digest);
+        blocking(move || refs.set_sync(&name, &digest)).await
+    }
+
+    async fn get(&self, name: &RefName) -> Result<Option<Digest>> {
+        let (refs, name) = (self.clone(), name.clone());
+        blocking(move || {
+            let path = refs.path(&name);
+            let Some(digest) = read_ref(&name, &path)? else {
+                return Ok(None);
+            };
+            let now = fs::FileTimes::new().set_modified(SystemTime::now());
+            // A ref removed between the read and the touch was still read; ignore that race.
+            let _ = fs::File::options()
+                .write(true)
+                .open(&path)
+                .and_then(|f| f.set_times(now));
+            Ok(Some(digest))
+        })
+        .await
+    }
+
+    async fn delete(&self, name: &RefName) -> Result<bool> {
+        let (refs, name) = (self.clone(), name.clone());
+        blocking(move || {
+            let path = refs.path(&name);
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+                Err(_) if path.is_dir() => return Err(StoreError::RefConflict(name.to_string())),
+                Err(e) => return Err(e).io_context("remove", path),
+            }
+            let mut dir = path.parent();
+            while let Some(d) = dir.filter(|d| *d != refs.dir) {
+                // Fails harmlessly when another ref still lives there.
+                if fs::remove_dir(d).is_err() {
+                    break;
+                }
+                dir = d.parent();
+            }
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn scan(&self) -> Result<RefScan> {
+        let refs = self.clone();
+        blocking(move || {
+            let mut scan = RefScan::default();
+            refs.walk(&refs.dir, &mut scan)?;
+            scan.refs.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(scan)
+        })
+        .await
     }
 }
 

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use casket_model::{Digest, Directory, Node, RefName};
-use casket_store::{BlobStore, BlobStoreExt, CorruptRef, DiskRefs, DiskStore, RefEntry, Usage};
+use casket_store::{BlobStore, BlobStoreExt, CorruptRef, DiskRefs, DiskStore, RefEntry, RefStore, Usage};
 use futures::{StreamExt, TryStreamExt};
 
 use crate::Progress;

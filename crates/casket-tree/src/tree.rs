@@ -129,7 +129,8 @@ impl Tree {
         all
     }
 
-    /// The first file whose content is not in `store`, if any.
+    /// The first file whose content is not in `store`, if any, asking the store of record
+    /// (a tree found complete here is safe to hand out by name).
     pub async fn first_missing_file(&self, store: &dyn BlobStore) -> Result<Option<(String, Digest)>> {
         let files: Vec<(String, Digest)> = self.files().map(|(p, f)| (p, f.digest)).collect();
         let unique: Vec<Digest> = files
@@ -139,7 +140,7 @@ impl Tree {
             .into_iter()
             .collect();
         let missing: HashSet<Digest> = store
-            .find_missing(&unique)
+            .find_missing_uncached(&unique)
             .await
             .map_err(store_error("."))?
             .into_iter()

@@ -3,7 +3,7 @@
 //!
 //! ```toml
 //! listen = "0.0.0.0:50051"
-//! store = "/var/cache/casket"
+//! store = "/var/cache/casket"     # a disk store; or a [store] table (below)
 //! anonymous = "read"              # none | read | write
 //! token_file = "tokens"           # lines: TOKEN | write TOKEN | read TOKEN
 //! quota = "500G"
@@ -23,6 +23,28 @@
 //! store = "/var/cache/casket-release"
 //! quota = "100G"
 //! ```
+//!
+//! `[store]` composes stores from one enum, [`StoreConfig`], keyed by `kind`:
+//!
+//! ```toml
+//! [store]
+//! kind = "tiered"                 # disk | memory | s3 | tiered
+//! [store.near]                    # a tiered store's near tier is a disk store
+//! kind = "disk"
+//! path = "/var/cache/casket"
+//! quota = "50G"
+//! [store.far]
+//! kind = "s3"
+//! bucket = "casket"
+//! endpoint = "http://garage.internal:3900"   # AWS when absent
+//! region = "garage"
+//! prefix = "prod"                 # key prefix inside the bucket
+//! allow_http = true
+//! access_key_id = "GK..."         # else AWS_ACCESS_KEY_ID and the rest of the AWS chain
+//! secret_access_key = "..."
+//! existence_cache_entries = 1000000
+//! existence_cache_ttl = "5m"
+//! ```
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -31,6 +53,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use casket_remote::server::Access;
+use casket_store::{ExistenceCacheOptions, S3Options};
 use serde::Deserialize;
 
 use crate::units::{parse_duration, parse_size};
@@ -41,8 +64,9 @@ use crate::units::{parse_duration, parse_size};
 pub struct ServeConfig {
     /// gRPC address.
     pub listen: Option<SocketAddr>,
-    /// The default namespace's store.
-    pub store: Option<PathBuf>,
+    /// The default namespace's store: a directory, or a `[store]` table.
+    #[serde(default, deserialize_with = "store")]
+    pub store: Option<StoreConfig>,
     /// Rights of callers without credentials.
     #[serde(default, deserialize_with = "access")]
     pub anonymous: Option<Access>,
@@ -86,15 +110,125 @@ pub struct TlsConfig {
     pub require_client_certificate: bool,
 }
 
+/// A store, composed recursively: `[store]`, or `store = "DIR"` for a disk store.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum StoreConfig {
+    /// A disk store.
+    Disk {
+        /// Its directory.
+        path: PathBuf,
+        /// Most disk space it may use, e.g. `"50G"`; least recently used blobs go beyond it.
+        #[serde(default, deserialize_with = "size")]
+        quota: Option<u64>,
+    },
+    /// Everything in memory, gone when the server stops (for tests and demos).
+    Memory,
+    /// A bucket in S3 or an S3-compatible object store.
+    S3(S3Config),
+    /// A disk store in front of another store (the store of record).
+    Tiered {
+        /// The local tier: must be `kind = "disk"`.
+        near: Box<StoreConfig>,
+        /// The store of record, shared by every frontend.
+        far: Box<StoreConfig>,
+    },
+}
+
+/// `kind = "s3"`.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    /// The bucket.
+    pub bucket: String,
+    /// An S3-compatible endpoint; AWS when absent (or `AWS_ENDPOINT_URL`).
+    pub endpoint: Option<String>,
+    /// The region to sign for (`AWS_REGION` when absent).
+    pub region: Option<String>,
+    /// A key prefix, so several caches can share a bucket.
+    #[serde(default)]
+    pub prefix: String,
+    /// The access key id (else the AWS chain).
+    pub access_key_id: Option<String>,
+    /// The secret access key (else the AWS chain).
+    pub secret_access_key: Option<String>,
+    /// Allow a plain-HTTP endpoint.
+    #[serde(default)]
+    pub allow_http: bool,
+    /// `BUCKET.ENDPOINT` addressing instead of `ENDPOINT/BUCKET`.
+    #[serde(default)]
+    pub virtual_hosted_style: bool,
+    /// How many digests the positive existence cache remembers (0 turns it off).
+    pub existence_cache_entries: Option<u64>,
+    /// How long the existence cache trusts a digest it saw present, e.g. `"5m"`.
+    #[serde(default, deserialize_with = "duration")]
+    pub existence_cache_ttl: Option<Duration>,
+}
+
+impl S3Config {
+    /// How to reach the bucket.
+    pub fn options(&self) -> S3Options {
+        S3Options {
+            bucket: self.bucket.clone(),
+            endpoint: self.endpoint.clone(),
+            region: self.region.clone(),
+            access_key_id: self.access_key_id.clone(),
+            secret_access_key: self.secret_access_key.clone(),
+            allow_http: self.allow_http,
+            virtual_hosted_style: self.virtual_hosted_style,
+        }
+    }
+
+    /// The existence cache's size and lifetime.
+    pub fn existence_cache(&self) -> ExistenceCacheOptions {
+        let default = ExistenceCacheOptions::default();
+        ExistenceCacheOptions {
+            entries: self.existence_cache_entries.unwrap_or(default.entries),
+            ttl: self.existence_cache_ttl.unwrap_or(default.ttl),
+        }
+    }
+}
+
+impl StoreConfig {
+    /// Makes relative disk paths relative to `base`.
+    fn resolve(&mut self, base: &Path) {
+        match self {
+            StoreConfig::Disk { path, .. } if path.is_relative() => *path = base.join(&*path),
+            StoreConfig::Tiered { near, far } => {
+                near.resolve(base);
+                far.resolve(base);
+            }
+            _ => {}
+        }
+    }
+}
+
+fn store<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<StoreConfig>, D::Error> {
+    match toml::Value::deserialize(d)? {
+        toml::Value::String(path) => Ok(Some(StoreConfig::Disk {
+            path: PathBuf::from(path),
+            quota: None,
+        })),
+        table => StoreConfig::deserialize(table)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+    }
+}
+
 /// `[instances.NAME]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InstanceConfig {
-    /// This instance's store.
-    pub store: PathBuf,
+    /// This instance's store: a directory, or a table as for `[store]`.
+    #[serde(deserialize_with = "required_store")]
+    pub store: StoreConfig,
     /// Its quota.
     #[serde(default, deserialize_with = "size")]
     pub quota: Option<u64>,
+}
+
+fn required_store<'de, D: serde::Deserializer<'de>>(d: D) -> Result<StoreConfig, D::Error> {
+    store(d)?.ok_or_else(|| serde::de::Error::custom("a store is required"))
 }
 
 fn size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
@@ -125,7 +259,9 @@ impl ServeConfig {
                 *p = base.join(&*p);
             }
         };
-        config.store.as_mut().map(resolve);
+        if let Some(store) = &mut config.store {
+            store.resolve(base);
+        }
         config.token_file.as_mut().map(resolve);
         if let Some(tls) = &mut config.tls {
             resolve(&mut tls.certificate);
@@ -133,7 +269,7 @@ impl ServeConfig {
             tls.client_ca.as_mut().map(resolve);
         }
         for instance in config.instances.values_mut() {
-            resolve(&mut instance.store);
+            instance.store.resolve(base);
         }
         Ok(config)
     }
@@ -167,13 +303,64 @@ quota = "1G"
         )
         .unwrap_or_else(|e| panic!("{e}"));
         let config = ServeConfig::load(&path).unwrap_or_else(|e| panic!("{e:#}"));
-        assert_eq!(config.store, Some(dir.path().join("store")));
+        assert_eq!(
+            config.store,
+            Some(StoreConfig::Disk {
+                path: dir.path().join("store"),
+                quota: None
+            })
+        );
         assert_eq!(config.token_file, Some(PathBuf::from("/etc/tokens")));
         assert_eq!(config.anonymous, Some(Access::None));
         assert_eq!(config.quota, Some(2 << 30));
         assert_eq!(config.grace, Some(Duration::from_secs(300)));
         assert_eq!(config.tls.map(|t| t.certificate), Some(dir.path().join("c.pem")));
         assert_eq!(config.instances["release"].quota, Some(1 << 30));
+    }
+
+    #[test]
+    fn store_tables_compose_recursively() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("casket.toml");
+        std::fs::write(
+            &path,
+            r#"
+[store]
+kind = "tiered"
+[store.near]
+kind = "disk"
+path = "near"
+quota = "1G"
+[store.far]
+kind = "s3"
+bucket = "b"
+endpoint = "http://127.0.0.1:3900"
+region = "garage"
+allow_http = true
+existence_cache_ttl = "1m"
+[instances.scratch]
+store = { kind = "memory" }
+"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let config = ServeConfig::load(&path).unwrap_or_else(|e| panic!("{e:#}"));
+        let Some(StoreConfig::Tiered { near, far }) = config.store else {
+            panic!("{:?}", config.store)
+        };
+        assert_eq!(
+            *near,
+            StoreConfig::Disk {
+                path: dir.path().join("near"),
+                quota: Some(1 << 30)
+            }
+        );
+        let StoreConfig::S3(s3) = *far else {
+            panic!("{far:?}")
+        };
+        assert_eq!(s3.options().endpoint.as_deref(), Some("http://127.0.0.1:3900"));
+        assert!(s3.options().allow_http);
+        assert_eq!(s3.existence_cache().ttl, Duration::from_secs(60));
+        assert_eq!(config.instances["scratch"].store, StoreConfig::Memory);
     }
 
     #[test]
@@ -184,6 +371,11 @@ quota = "1G"
             ("lisen = \"x\"", "unknown field `lisen`"),
             ("quota = \"lots\"", "not a size"),
             ("anonymous = \"admin\"", "unknown access"),
+            ("[store]\nkind = \"floppy\"", "unknown variant `floppy`"),
+            (
+                "[store]\nkind = \"s3\"\nbucket = \"b\"\nbuckit = 1",
+                "unknown field `buckit`",
+            ),
         ] {
             std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));
             let error = format!(

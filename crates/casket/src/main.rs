@@ -5,6 +5,7 @@
 mod commands;
 mod config;
 mod progress;
+mod stores;
 mod units;
 
 use std::path::PathBuf;

@@ -3,7 +3,7 @@
 use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
 use bytes::Bytes;
 use casket_model::{Digest, DigestFunction};
-use casket_store::{BlobStoreExt, DiskRecords};
+use casket_store::{BlobStoreExt, action_key};
 use prost::Message;
 use std::sync::Arc;
 
@@ -34,16 +34,18 @@ impl ActionCache {
         let action = digest(function, request.action_digest.as_ref())?;
         let bytes = namespace
             .action_cache
-            .get(&DiskRecords::action_key(&action))
+            .get(&action_key(&action))
             .await
             .map_err(from_store)?
             .ok_or_else(|| Status::not_found(format!("no result for action {action}")))?;
         let result = reapi::ActionResult::decode(bytes.as_ref())
             .map_err(|e| Status::data_loss(format!("stored result for {action} is corrupt: {e}")))?;
         let referenced = Self::referenced_blobs(namespace, function, &result).await?;
+        // Asked of the store of record, past any existence cache: a hit whose outputs were
+        // removed (by expiry in a shared bucket) must be a miss.
         let missing = namespace
             .blobs
-            .find_missing(&referenced)
+            .find_missing_uncached(&referenced)
             .await
             .map_err(from_store)?;
         if let Some(first) = missing.first() {
@@ -126,10 +128,7 @@ impl reapi::action_cache_server::ActionCache for ActionCache {
         self.shared
             .namespace(&request.instance_name)
             .action_cache
-            .put(
-                &DiskRecords::action_key(&action),
-                Bytes::from(result.encode_to_vec()),
-            )
+            .put(&action_key(&action), Bytes::from(result.encode_to_vec()))
             .await
             .map_err(from_store)?;
         Ok(Response::new(result))

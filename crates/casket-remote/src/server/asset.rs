@@ -216,7 +216,7 @@ impl Fetch {
 async fn complete(namespace: &Namespace, blobs: &[Digest], directories: &[Digest]) -> Result<bool, Status> {
     if !namespace
         .blobs
-        .find_missing(blobs)
+        .find_missing_uncached(blobs)
         .await
         .map_err(from_store)?
         .is_empty()
@@ -295,7 +295,11 @@ impl Push {
         let (_, mut needed, directories) = needs(&record, function)?;
         needed.extend(directories);
         let namespace = self.shared.namespace(record.instance_name());
-        let missing = namespace.blobs.find_missing(&needed).await.map_err(from_store)?;
+        let missing = namespace
+            .blobs
+            .find_missing_uncached(&needed)
+            .await
+            .map_err(from_store)?;
         if let Some(first) = missing.first() {
             return Err(Status::failed_precondition(format!(
                 "{first} is not in the CAS: upload it first"

@@ -25,7 +25,7 @@ use bazel_remote_apis::build::bazel::remote::asset::v1::push_server::PushServer;
 use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
 use bazel_remote_apis::google::bytestream::byte_stream_server::ByteStreamServer;
 use casket_model::{Digest, DigestFunction};
-use casket_store::{BlobStore, DiskRecords, DiskRefs, DiskStore};
+use casket_store::{BlobStore, DiskRecords, DiskRefs, DiskStore, RecordStore, RefStore};
 use reapi::action_cache_server::ActionCacheServer;
 use reapi::capabilities_server::CapabilitiesServer;
 use reapi::content_addressable_storage_server::ContentAddressableStorageServer;
@@ -62,11 +62,11 @@ pub struct Namespace {
     /// The content-addressable store.
     pub blobs: Arc<dyn BlobStore>,
     /// BuildStream refs.
-    pub refs: DiskRefs,
-    /// REAPI action results, keyed by [`DiskRecords::action_key`].
-    pub action_cache: DiskRecords,
+    pub refs: Arc<dyn RefStore>,
+    /// REAPI action results, keyed by [`casket_store::action_key`].
+    pub action_cache: Arc<dyn RecordStore>,
     /// Remote Asset entries.
-    pub assets: DiskRecords,
+    pub assets: Arc<dyn RecordStore>,
     /// The store's quota and exact usage, for disk stores: every write reserves its space
     /// here first.
     pub quota: Option<Arc<Quota>>,
@@ -79,9 +79,9 @@ impl Namespace {
     pub fn on_disk(store: &DiskStore) -> Self {
         Namespace {
             blobs: Arc::new(store.clone()),
-            refs: DiskRefs::new(store),
-            action_cache: DiskRecords::new(store, "ac"),
-            assets: DiskRecords::new(store, "assets"),
+            refs: Arc::new(DiskRefs::new(store)),
+            action_cache: Arc::new(DiskRecords::new(store, "ac")),
+            assets: Arc::new(DiskRecords::new(store, "assets")),
             quota: None,
             description: store.root().display().to_string(),
         }

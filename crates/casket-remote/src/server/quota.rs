@@ -14,7 +14,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use casket_store::{DiskRefs, DiskStore, Usage};
+use async_trait::async_trait;
+use casket_store::{DiskRefs, DiskStore, SpaceBudget, SpaceHold, StoreError, Usage};
 use casket_tree::maintenance::{GcOptions, gc};
 use tonic::Status;
 
@@ -179,5 +180,16 @@ impl Quota {
             "evicted least recently used objects"
         );
         Ok(())
+    }
+}
+
+/// The quota of a tiered store's near disk: blobs are kept near only when they fit.
+#[async_trait]
+impl SpaceBudget for Quota {
+    async fn reserve(&self, bytes: u64) -> Result<SpaceHold, StoreError> {
+        match Quota::reserve(self, bytes).await {
+            Ok(reservation) => Ok(Box::new(reservation)),
+            Err(status) => Err(StoreError::NoRoom(status.message().to_owned())),
+        }
     }
 }

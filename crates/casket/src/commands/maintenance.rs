@@ -10,6 +10,7 @@ use serde_json::json;
 use super::{Context, print_json};
 use crate::progress::Bar;
 use crate::units::{format_size, parse_duration, parse_size};
+use casket_store::RefStore;
 
 /// Arguments of `casket gc`.
 #[derive(Args, Debug)]

@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, anyhow};
 use casket_model::{Digest, RefName};
-use casket_store::{BlobStore, DiskOptions, DiskRefs, DiskStore};
+use casket_store::{BlobStore, DiskOptions, DiskRefs, DiskStore, RefStore};
 
 use crate::{Command, Global};
 

@@ -8,6 +8,7 @@ use clap::Subcommand;
 use serde_json::json;
 
 use super::{Context, print_json};
+use casket_store::RefStore;
 
 /// The `casket ref` subcommands.
 #[derive(Subcommand, Debug)]

@@ -15,6 +15,7 @@ use serde_json::json;
 use super::{Context, print_json};
 use crate::progress::Bar;
 use crate::units::format_size;
+use casket_store::RefStore;
 
 /// How to reach the server.
 #[derive(Args, Debug)]

@@ -8,15 +8,15 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use casket_remote::server::{
-    Access, AccessPolicy, MAX_BATCH_BYTES, Metrics, Namespace, Namespaces, Quota, QuotaOptions,
-    ServerOptions, TlsOptions, bind, serve as run_server, serve_monitoring,
+    Access, AccessPolicy, MAX_BATCH_BYTES, Metrics, Namespaces, QuotaOptions, ServerOptions, TlsOptions,
+    bind, serve as run_server, serve_monitoring,
 };
-use casket_store::{DiskOptions, DiskStore};
 use clap::Args;
 use tokio::sync::watch;
 
 use crate::Global;
-use crate::config::{ServeConfig, TlsConfig};
+use crate::config::{ServeConfig, StoreConfig, TlsConfig};
+use crate::stores::open_namespace;
 use crate::units::{format_size, parse_duration, parse_size};
 
 /// Arguments of `casket serve`. Each overrides the configuration file.
@@ -72,11 +72,11 @@ pub struct ServeArgs {
 /// Everything `serve` needs, merged from flags, environment, file and defaults.
 struct Settings {
     listen: SocketAddr,
-    store: PathBuf,
+    store: StoreConfig,
     options: ServerOptions,
     quota: QuotaOptions,
     monitoring_listen: Option<SocketAddr>,
-    instances: Vec<(String, PathBuf, Option<u64>)>,
+    instances: Vec<(String, StoreConfig)>,
 }
 
 fn read(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
@@ -117,9 +117,13 @@ impl Settings {
             }),
             None => None,
         };
-        let store = match global.store.clone().or(config.store) {
-            Some(store) => store,
-            None => super::default_store()?,
+        let store = match (global.store.clone(), config.store) {
+            (Some(path), _) => StoreConfig::Disk { path, quota: None },
+            (None, Some(store)) => store,
+            (None, None) => StoreConfig::Disk {
+                path: super::default_store()?,
+                quota: None,
+            },
         };
         Ok(Settings {
             listen: args
@@ -149,41 +153,37 @@ impl Settings {
             instances: config
                 .instances
                 .into_iter()
-                .map(|(name, instance)| (name, instance.store, instance.quota))
+                .map(|(name, instance)| {
+                    let store = match instance.store {
+                        StoreConfig::Disk { path, quota } => StoreConfig::Disk {
+                            path,
+                            quota: quota.or(instance.quota),
+                        },
+                        other => other,
+                    };
+                    (name, store)
+                })
                 .collect(),
         })
     }
-}
-
-/// A disk namespace at `root` with exact usage tracking and `quota`.
-async fn namespace(
-    root: &Path,
-    global: &Global,
-    quota: QuotaOptions,
-    metrics: &Arc<Metrics>,
-) -> anyhow::Result<Namespace> {
-    let disk = DiskStore::open(root, DiskOptions { fsync: global.fsync })
-        .with_context(|| format!("cannot open the store at {}", root.display()))?;
-    let quota = Quota::new(&disk, quota, metrics.clone())
-        .await
-        .with_context(|| format!("cannot scan the store at {}", root.display()))?;
-    Ok(Namespace {
-        quota: Some(Arc::new(quota)),
-        ..Namespace::on_disk(&disk)
-    })
 }
 
 /// Serves until SIGINT or SIGTERM.
 pub async fn serve(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let settings = Settings::merge(global, args)?;
     let metrics = Arc::new(Metrics::new());
-    let mut namespaces = Namespaces::new(namespace(&settings.store, global, settings.quota, &metrics).await?);
-    for (instance, root, limit) in &settings.instances {
+    let default = open_namespace(&settings.store, settings.quota, global.fsync, &metrics).await?;
+    let serving = default.description.clone();
+    let mut namespaces = Namespaces::new(default);
+    for (instance, store) in &settings.instances {
         let quota = QuotaOptions {
-            limit: *limit,
+            limit: None,
             ..settings.quota
         };
-        namespaces.insert(instance.clone(), namespace(root, global, quota, &metrics).await?);
+        namespaces.insert(
+            instance.clone(),
+            open_namespace(store, quota, global.fsync, &metrics).await?,
+        );
     }
     let namespaces = Arc::new(namespaces);
 
@@ -235,8 +235,7 @@ pub async fn serve(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode>
         None => None,
     };
     eprintln!(
-        "casket: serving {} on {address} ({})",
-        settings.store.display(),
+        "casket: serving {serving} on {address} ({})",
         description.join(", ")
     );
     let signals = tokio::spawn(async move {

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, anyhow};
 use casket_model::{DigestFunction, Directory, Node, RefName};
-use casket_store::BlobStoreExt;
+use casket_store::{BlobStoreExt, RefStore};
 use casket_tree::{CaptureOptions, CheckoutMode, CheckoutOptions, Tree};
 use casket_vdir::Directory as _;
 use clap::Args;

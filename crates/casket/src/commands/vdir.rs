@@ -12,6 +12,7 @@ use clap::Args;
 use serde_json::json;
 
 use super::{Context, print_json};
+use casket_store::RefStore;
 
 /// Arguments of `casket import`.
 #[derive(Args, Debug)]
