@@ -32,6 +32,9 @@ pub trait RecordStore: Send + Sync + fmt::Debug {
     /// The record at `key`; reading it counts as use.
     async fn get(&self, key: &str) -> Result<Option<Bytes>>;
 
+    /// The record at `key`, read without counting as use (for `casket gc`).
+    async fn peek(&self, key: &str) -> Result<Option<Bytes>>;
+
     /// Stores `record` at `key`, replacing any previous one atomically.
     async fn put(&self, key: &str, record: Bytes) -> Result<()>;
 
@@ -121,6 +124,16 @@ impl RecordStore for DiskRecords {
                     .and_then(|f| f.set_times(now));
                 Ok(Some(Bytes::from(data)))
             }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).io_context("read", path),
+        })
+        .await
+    }
+
+    async fn peek(&self, key: &str) -> Result<Option<Bytes>> {
+        let path = self.path(key)?;
+        blocking(move || match fs::read(&path) {
+            Ok(data) => Ok(Some(Bytes::from(data))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).io_context("read", path),
         })

@@ -162,6 +162,22 @@ fn needs<R: AssetRecord>(
     Ok((content, blobs, directories))
 }
 
+/// The blobs and directory trees the asset record stored at `key` keeps alive, or `None` if
+/// it cannot be read as one (for `casket gc`).
+pub(crate) fn record_roots(key: &str, bytes: &[u8]) -> Option<(Vec<Digest>, Vec<Digest>)> {
+    fn roots<R: AssetRecord>(bytes: &[u8]) -> Option<(Vec<Digest>, Vec<Digest>)> {
+        let record = R::decode(bytes).ok()?;
+        let function = digest_function(record.digest_function()).ok()?;
+        let (_, blobs, directories) = needs(&record, function).ok()?;
+        Some((blobs, directories))
+    }
+    match key.split('/').next()? {
+        kind if kind == asset::PushBlobRequest::KIND => roots::<asset::PushBlobRequest>(bytes),
+        kind if kind == asset::PushDirectoryRequest::KIND => roots::<asset::PushDirectoryRequest>(bytes),
+        _ => None,
+    }
+}
+
 impl Fetch {
     /// The first of `uris` with an unexpired record of kind `R` whose content and references
     /// are all complete (checking them extends their lives), with its content digest.

@@ -14,6 +14,7 @@ mod metrics;
 mod monitoring;
 mod quota;
 mod reference;
+mod retention;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -37,6 +38,7 @@ pub use access::{Access, AccessPolicy, TokenFileError};
 pub use metrics::Metrics;
 pub use monitoring::serve_monitoring;
 pub use quota::{Quota, QuotaOptions, Reservation};
+pub use retention::{Bucket, RetentionOptions, RetentionReport, expire};
 
 use access::AccessLayer;
 use metrics::MetricsLayer;

@@ -130,6 +130,23 @@ impl ObjectStoreBlobs {
             .boxed()
     }
 
+    /// Removes `digests` with bulk deletes (up to 1,000 keys per request on S3), without
+    /// checking first that they exist; for `casket gc`.
+    pub async fn delete_many(&self, digests: &[Digest]) -> Result<()> {
+        for digest in digests {
+            self.existence.remove(digest);
+        }
+        let keys: Vec<object_store::Result<Path>> = digests.iter().map(|d| Ok(self.key(d))).collect();
+        self.store
+            .delete_stream(futures::stream::iter(keys).boxed())
+            .try_for_each(|_| async { Ok(()) })
+            .await
+            .or_else(|e| match e {
+                object_store::Error::NotFound { .. } => Ok(()),
+                e => Err(e.into()),
+            })
+    }
+
     /// Which of `digests` are absent, asking the object store about every one (no cache).
     async fn ask_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>> {
         let mut unknown: Vec<Digest> = digests.iter().copied().filter(|d| !d.is_empty_blob()).collect();

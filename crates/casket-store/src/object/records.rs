@@ -99,6 +99,14 @@ impl RecordStore for ObjectRecords {
         Ok(Some(bytes))
     }
 
+    async fn peek(&self, key: &str) -> Result<Option<Bytes>> {
+        match self.store.get(&self.path(key)?).await {
+            Ok(result) => Ok(Some(result.bytes().await?)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     async fn put(&self, key: &str, record: Bytes) -> Result<()> {
         self.store.put(&self.path(key)?, PutPayload::from(record)).await?;
         Ok(())
@@ -188,15 +196,13 @@ impl RefStore for ObjectRefs {
             .map(|entry| async move {
                 let path = std::path::PathBuf::from(&entry.key);
                 let Ok(name) = RefName::new(&entry.key) else {
-                    return Ok(Err(CorruptRef {
+                    return Ok::<_, StoreError>(Err(CorruptRef {
                         path,
                         reason: "not a valid ref name".into(),
                     }));
                 };
-                let bytes = match self.records.store.get(&self.records.path(&entry.key)?).await {
-                    Ok(result) => result.bytes().await?,
-                    Err(object_store::Error::NotFound { .. }) => return Ok(Ok(None)),
-                    Err(e) => return Err(StoreError::from(e)),
+                let Some(bytes) = self.records.peek(&entry.key).await? else {
+                    return Ok(Ok(None));
                 };
                 Ok(match parse_ref(&name, &bytes) {
                     Ok(digest) => Ok(Some(RefEntry {

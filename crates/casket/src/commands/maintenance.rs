@@ -1,26 +1,44 @@
 //! `gc`, `du` and `fsck`.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
+
+use anyhow::{Context as _, anyhow, bail};
+use casket_remote::server::{Bucket, RetentionOptions, expire};
 
 use casket_tree::maintenance::{FsckOptions, GcOptions};
 use clap::Args;
 use serde_json::json;
 
 use super::{Context, print_json};
+use crate::config::ServeConfig;
 use crate::progress::Bar;
+use crate::stores::ObjectBucket;
 use crate::units::{format_size, parse_duration, parse_size};
 use casket_store::RefStore;
 
 /// Arguments of `casket gc`.
 #[derive(Args, Debug)]
 pub struct GcArgs {
-    /// Disk space the store may use afterwards, e.g. `10G`, `512M`.
-    #[arg(long, value_parser = parse_size)]
-    quota: u64,
-    /// Never remove what was used, or is reachable from a ref set or read, this recently.
+    /// Disk space the store may use afterwards, e.g. `10G`, `512M` (a disk store).
+    #[arg(long, value_parser = parse_size, required_unless_present = "retention", conflicts_with = "retention")]
+    quota: Option<u64>,
+    /// Never remove what was used, or is reachable from a ref set or read, this recently (a
+    /// disk store); never remove blobs written this recently (a bucket).
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     grace: Duration,
+    /// Expire the bucket of the configuration file's `[store]` (kind `s3`, or `tiered` with an
+    /// `s3` far tier): remove refs, action results and assets unused for this long, e.g. `30d`,
+    /// then every blob none of the others reach.
+    #[arg(long, value_parser = parse_duration, requires = "config")]
+    pub(crate) retention: Option<Duration>,
+    /// The server's configuration file, naming the bucket.
+    #[arg(long, env = "CASKET_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// With --retention: report what would be removed, remove nothing.
+    #[arg(long, requires = "retention")]
+    dry_run: bool,
     /// Print a JSON report.
     #[arg(long)]
     json: bool,
@@ -45,10 +63,68 @@ pub struct FsckArgs {
     json: bool,
 }
 
+/// Expires a bucket by retention: see `casket_remote::server::expire`.
+pub async fn expire_bucket(args: GcArgs) -> anyhow::Result<ExitCode> {
+    let (Some(retention), Some(path)) = (args.retention, &args.config) else {
+        bail!("--retention needs --config");
+    };
+    let config = ServeConfig::load(path)?;
+    let bucket = config.store.as_ref().and_then(ObjectBucket::of).ok_or_else(|| {
+        anyhow!(
+            "{}: [store] is not a bucket (kind s3, or tiered with an s3 far tier)",
+            path.display()
+        )
+    })??;
+    let options = RetentionOptions {
+        retention,
+        grace: args.grace,
+        dry_run: args.dry_run,
+    };
+    let report = expire(
+        Bucket {
+            blobs: &bucket.blobs,
+            refs: &bucket.refs,
+            action_cache: &bucket.action_cache,
+            assets: &bucket.assets,
+        },
+        options,
+    )
+    .await
+    .with_context(|| format!("cannot expire {}", bucket.description))?;
+    if args.json {
+        return print_json(&json!({
+            "bucket": bucket.description,
+            "dry_run": args.dry_run,
+            "roots_kept": report.roots_kept,
+            "roots_removed": report.roots_removed,
+            "blobs_listed": report.blobs_listed,
+            "blobs_reachable": report.blobs_reachable,
+            "blobs_recent": report.blobs_recent,
+            "blobs_removed": report.blobs_removed,
+            "bytes_removed": report.bytes_removed,
+        }));
+    }
+    out!(
+        "{}{}: removed {} roots (kept {}) and {} blobs, {} (kept {} reachable, {} recent)",
+        if args.dry_run { "dry run, " } else { "" },
+        bucket.description,
+        report.roots_removed,
+        report.roots_kept,
+        report.blobs_removed,
+        format_size(report.bytes_removed),
+        report.blobs_reachable,
+        report.blobs_recent,
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Expires objects to a quota.
 pub async fn gc(cx: &Context, args: GcArgs) -> anyhow::Result<ExitCode> {
+    let Some(quota) = args.quota else {
+        bail!("--quota is required for a disk store");
+    };
     let options = GcOptions {
-        quota: args.quota,
+        quota,
         grace: args.grace,
     };
     let bar = Bar::new("gc", cx.quiet);
@@ -56,7 +132,7 @@ pub async fn gc(cx: &Context, args: GcArgs) -> anyhow::Result<ExitCode> {
     bar.finish();
     if args.json {
         print_json(&json!({
-            "quota": args.quota,
+            "quota": quota,
             "before": { "blobs": report.before.blobs, "bytes": report.before.bytes, "stored_bytes": report.before.stored_bytes },
             "after": { "blobs": report.after.blobs, "bytes": report.after.bytes, "stored_bytes": report.after.stored_bytes },
             "removed_blobs": report.removed_blobs,
@@ -73,7 +149,7 @@ pub async fn gc(cx: &Context, args: GcArgs) -> anyhow::Result<ExitCode> {
             report.removed_refs.len(),
             format_size(report.after.stored_bytes),
             format_size(report.before.stored_bytes),
-            format_size(args.quota),
+            format_size(quota),
         );
         if !report.quota_met {
             out!(

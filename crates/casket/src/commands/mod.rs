@@ -84,6 +84,7 @@ pub async fn run(global: Global, command: Command) -> anyhow::Result<ExitCode> {
     // The server opens its own stores: its configuration file may name them.
     let command = match command {
         Command::Serve(args) => return serve::serve(&global, args).await,
+        Command::Gc(args) if args.retention.is_some() => return maintenance::expire_bucket(args).await,
         other => other,
     };
     let cx = Context::open(&global)?;
