@@ -364,6 +364,13 @@ store = { kind = "memory" }
     }
 
     #[test]
+    fn the_documented_three_frontend_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/three-frontends.toml");
+        let config = ServeConfig::load(&path).unwrap_or_else(|e| panic!("{e:#}"));
+        assert!(matches!(config.store, Some(StoreConfig::Tiered { .. })), "{:?}", config.store);
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_are_errors_naming_the_problem() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let path = dir.path().join("casket.toml");
