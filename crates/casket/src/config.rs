@@ -367,7 +367,11 @@ store = { kind = "memory" }
     fn the_documented_three_frontend_config_parses() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/three-frontends.toml");
         let config = ServeConfig::load(&path).unwrap_or_else(|e| panic!("{e:#}"));
-        assert!(matches!(config.store, Some(StoreConfig::Tiered { .. })), "{:?}", config.store);
+        assert!(
+            matches!(config.store, Some(StoreConfig::Tiered { .. })),
+            "{:?}",
+            config.store
+        );
     }
 
     #[test]

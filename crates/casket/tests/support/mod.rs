@@ -2,6 +2,8 @@
 //! the shared generator, and finding real peers.
 #![allow(dead_code, clippy::unwrap_used, clippy::missing_panics_doc)]
 
+pub(crate) mod garage;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -107,12 +109,23 @@ impl Serve {
 
     /// Starts `casket serve` listening on `address`.
     pub(crate) fn start_at(store: &Path, address: &str, extra: &[&str]) -> Serve {
-        let mut child = casket(store)
-            .args(["serve", "--listen", address])
-            .args(extra)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut cmd = casket(store);
+        cmd.args(["serve", "--listen", address]).args(extra);
+        Serve::spawn(cmd)
+    }
+
+    /// Starts `casket serve --config FILE` on a free port; the file names the stores.
+    pub(crate) fn start_with_config(config: &Path, extra: &[&str]) -> Serve {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_casket"));
+        cmd.args(["--quiet", "serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(config)
+            .args(extra);
+        Serve::spawn(cmd)
+    }
+
+    /// Runs `cmd` (a `casket serve` command line) and waits until it listens.
+    fn spawn(mut cmd: Command) -> Serve {
+        let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
         let mut lines = BufReader::new(stderr).lines();
         let line = lines.next().unwrap().unwrap();

@@ -1,0 +1,300 @@
+//! casket on a real distributed object store: a three-node Garage cluster on loopback
+//! (replication factor 3, quorums of two), started by `support::garage`.
+//!
+//! * The store conformance suite passes against the S3 backend and against a tiered store
+//!   (local disk in front of S3); refs and records written through one node are read through
+//!   another.
+//! * Two `casket serve` frontends share one bucket, each with its own near disk and its own
+//!   Garage node: a tree and its ref pushed through A are pulled through B, with BuildStream
+//!   1.6.8's own client and with casket's (Bazel's cold build through A and warm build through B
+//!   are in `scale_out_bazel.rs`).
+//! * A Garage node killed during a push and during a pull: both complete, and what was pulled
+//!   is verified blob by blob and again through the restarted node.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use bytes::Bytes;
+use casket_model::{DigestFunction, RefName};
+use casket_store::{
+    BlobStoreExt, DiskOptions, DiskStore, ObjectRecords, ObjectRefs, ObjectStoreBlobs, RecordStore, RefStore,
+    S3Options, TieredStore,
+};
+use support::garage::Garage;
+use support::{Serve, buildstream1, casket, gen_tree, ok, peer_available, shared_dir};
+
+fn s3(garage: &Garage, node: usize) -> S3Options {
+    S3Options {
+        bucket: garage.bucket().to_owned(),
+        endpoint: Some(garage.s3_endpoint(node)),
+        region: Some(garage.region().to_owned()),
+        access_key_id: Some(garage.key_id().to_owned()),
+        secret_access_key: Some(garage.secret().to_owned()),
+        allow_http: true,
+        virtual_hosted_style: false,
+    }
+}
+
+/// A frontend config: a tiered store, near on `near`, far in the bucket through `node`.
+fn frontend(garage: &Garage, node: usize, dir: &Path, name: &str) -> Serve {
+    let config = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[store]
+kind = "tiered"
+[store.near]
+kind = "disk"
+path = "{near}"
+quota = "2G"
+[store.far]
+kind = "s3"
+bucket = "{bucket}"
+endpoint = "{endpoint}"
+region = "{region}"
+allow_http = true
+access_key_id = "{key}"
+secret_access_key = "{secret}"
+"#,
+            near = dir.join(format!("{name}-near")).display(),
+            bucket = garage.bucket(),
+            endpoint = garage.s3_endpoint(node),
+            region = garage.region(),
+            key = garage.key_id(),
+            secret = garage.secret(),
+        ),
+    )
+    .unwrap();
+    let serve = Serve::start_with_config(&config, &["--allow-push"]);
+    assert!(serve.banner.contains("in front of s3://"), "{}", serve.banner);
+    serve
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn s3_and_tiered_stores_pass_the_conformance_suite_on_garage() {
+    let Some(garage) = Garage::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    runtime().block_on(async {
+        let through_1 = s3(&garage, 1).connect().unwrap();
+        let through_2 = s3(&garage, 2).connect().unwrap();
+        casket_store::conformance::run_all(&ObjectStoreBlobs::new(through_1.clone(), "conformance-s3")).await;
+
+        let near = DiskStore::open(dir.path().join("near"), DiskOptions::default()).unwrap();
+        let far = Arc::new(ObjectStoreBlobs::new(through_2.clone(), "conformance-tiered"));
+        casket_store::conformance::run_all(&TieredStore::new(near, far, None)).await;
+
+        // Written through node 1, read through node 2: blobs, refs and records.
+        let (a, b) = (
+            ObjectStoreBlobs::new(through_1.clone(), "shared"),
+            ObjectStoreBlobs::new(through_2.clone(), "shared"),
+        );
+        let digest = a
+            .put_bytes(DigestFunction::Sha256, Bytes::from_static(b"seen by all"))
+            .await
+            .unwrap();
+        assert_eq!(
+            b.get_bytes(&digest).await.unwrap(),
+            Some(Bytes::from_static(b"seen by all"))
+        );
+        let name = RefName::new("project/element/key").unwrap();
+        ObjectRefs::new(through_1.clone(), "shared")
+            .set(&name, &digest)
+            .await
+            .unwrap();
+        assert_eq!(
+            ObjectRefs::new(through_2.clone(), "shared")
+                .get(&name)
+                .await
+                .unwrap(),
+            Some(digest)
+        );
+        ObjectRecords::new(through_1, "shared", "ac")
+            .put("sha256/x-1", Bytes::from_static(b"r"))
+            .await
+            .unwrap();
+        let record = ObjectRecords::new(through_2, "shared", "ac")
+            .get("sha256/x-1")
+            .await
+            .unwrap();
+        assert_eq!(record, Some(Bytes::from_static(b"r")));
+    });
+}
+
+/// `casket capture DIR` into `store`; the root digest.
+fn capture(store: &Path, dir: &Path) -> String {
+    ok(casket(store).arg("capture").arg(dir)).trim().to_owned()
+}
+
+#[test]
+fn a_tree_pushed_through_one_frontend_is_pulled_through_another() {
+    let Some(garage) = Garage::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    gen_tree(
+        &src,
+        &[
+            "--files",
+            "500",
+            "--size",
+            "4096",
+            "--dirs",
+            "20",
+            "--large",
+            "1:20000000",
+        ],
+    );
+    let (a, b) = (
+        frontend(&garage, 1, dir.path(), "a"),
+        frontend(&garage, 2, dir.path(), "b"),
+    );
+    ok(casket(&dir.path().join("client-a"))
+        .args(["push", "--remote", &a.url, "--ref", "app/main"])
+        .arg(&src));
+    let out = dir.path().join("out");
+    ok(casket(&dir.path().join("client-b"))
+        .args(["pull", "--remote", &b.url, "app/main"])
+        .arg(&out));
+    assert_eq!(
+        capture(&dir.path().join("check"), &out),
+        capture(&dir.path().join("check"), &src)
+    );
+    // B answers from its near disk now, A never read any of it back.
+    assert!(
+        std::fs::read_dir(dir.path().join("b-near/cas/sha256"))
+            .unwrap()
+            .count()
+            > 0
+    );
+}
+
+#[test]
+fn buildstream_1_pushes_through_one_frontend_and_pulls_through_another() {
+    if !peer_available("BuildStream 1.6.8", buildstream1()) {
+        return;
+    }
+    let Some(garage) = Garage::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    gen_tree(
+        &src,
+        &[
+            "--files",
+            "1000",
+            "--size",
+            "4096",
+            "--dirs",
+            "30",
+            "--large",
+            "2:3000000",
+        ],
+    );
+    let (a, b) = (
+        frontend(&garage, 1, dir.path(), "a"),
+        frontend(&garage, 2, dir.path(), "b"),
+    );
+    let client = || {
+        let mut cmd = Command::new("/usr/bin/python3");
+        cmd.arg(shared_dir().join("peers/bst1/client.py"));
+        cmd
+    };
+    let repo = dir.path().join("repo");
+    ok(client()
+        .args(["import", "--repo"])
+        .arg(&repo)
+        .arg(&src)
+        .args(["--ref", "p/hello/key"]));
+    let pushed =
+        ok(client()
+            .args(["push", "--repo"])
+            .arg(&repo)
+            .args(["--url", &a.url, "--ref", "p/hello/key"]));
+    assert!(pushed.contains("pushed=True"), "{pushed}");
+    let checkout = dir.path().join("checkout");
+    let pulled = ok(client()
+        .args(["pull", "--repo"])
+        .arg(dir.path().join("repo2"))
+        .args(["--url", &b.url, "--ref", "p/hello/key", "--checkout"])
+        .arg(&checkout));
+    assert!(pulled.contains("PHASE pull"), "{pulled}");
+    assert_eq!(
+        capture(&dir.path().join("check"), &checkout),
+        capture(&dir.path().join("check"), &src)
+    );
+}
+
+/// Runs `cmd` in the background, kills Garage node `victim` once it has run `after`, and
+/// returns its stdout once it exits successfully.
+fn with_node_killed(garage: &mut Garage, victim: usize, after: Duration, mut cmd: Command) -> String {
+    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    thread::sleep(after);
+    let running = garage.health(1);
+    garage.kill(victim);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed with node {victim} killed (cluster was {running}):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn a_node_killed_during_a_push_and_a_pull_loses_nothing() {
+    let Some(mut garage) = Garage::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    gen_tree(
+        &src,
+        &[
+            "--files",
+            "3000",
+            "--size",
+            "4096",
+            "--dirs",
+            "60",
+            "--large",
+            "2:40000000",
+        ],
+    );
+    let root = capture(&dir.path().join("client"), &src);
+    let (a, b) = (
+        frontend(&garage, 1, dir.path(), "a"),
+        frontend(&garage, 2, dir.path(), "b"),
+    );
+
+    let mut push = casket(&dir.path().join("client"));
+    push.args(["push", "--remote", &a.url, "--ref", "app/killed", &root]);
+    with_node_killed(&mut garage, 3, Duration::from_millis(700), push);
+    assert_eq!(garage.health(1), "degraded");
+    garage.restart(3);
+
+    let mut pull = casket(&dir.path().join("pulled"));
+    pull.args(["pull", "--remote", &b.url, "app/killed"]);
+    with_node_killed(&mut garage, 3, Duration::from_millis(700), pull);
+    ok(casket(&dir.path().join("pulled")).arg("fsck"));
+    let out = dir.path().join("out");
+    ok(casket(&dir.path().join("pulled"))
+        .args(["checkout", &root])
+        .arg(&out));
+    assert_eq!(capture(&dir.path().join("check"), &out), root);
+
+    // The node that missed writes catches up: a frontend on it serves the whole tree.
+    garage.restart(3);
+    let c = frontend(&garage, 3, dir.path(), "c");
+    ok(casket(&dir.path().join("pulled-c")).args(["pull", "--remote", &c.url, "app/killed"]));
+    ok(casket(&dir.path().join("pulled-c")).arg("fsck"));
+}
