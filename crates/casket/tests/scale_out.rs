@@ -7,7 +7,7 @@
 //! * Two `casket serve` frontends share one bucket, each with its own near disk and its own
 //!   Garage node: a tree and its ref pushed through A are pulled through B, with BuildStream
 //!   1.6.8's own client and with casket's (Bazel's cold build through A and warm build through B
-//!   are in `scale_out_bazel.rs`).
+//!   are in `serve_bazel.rs`).
 //! * A Garage node killed during a push and during a pull: both complete, and what was pulled
 //!   is verified blob by blob and again through the restarted node.
 #![allow(clippy::unwrap_used)]
@@ -27,7 +27,7 @@ use casket_store::{
     S3Options, TieredStore,
 };
 use support::garage::Garage;
-use support::{Serve, buildstream1, casket, gen_tree, ok, peer_available, shared_dir};
+use support::{buildstream1, casket, gen_tree, ok, peer_available, shared_dir, tiered_frontend as frontend};
 
 fn s3(garage: &Garage, node: usize) -> S3Options {
     S3Options {
@@ -39,42 +39,6 @@ fn s3(garage: &Garage, node: usize) -> S3Options {
         allow_http: true,
         virtual_hosted_style: false,
     }
-}
-
-/// A frontend config: a tiered store, near on `near`, far in the bucket through `node`.
-fn frontend(garage: &Garage, node: usize, dir: &Path, name: &str) -> Serve {
-    let config = dir.join(format!("{name}.toml"));
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[store]
-kind = "tiered"
-[store.near]
-kind = "disk"
-path = "{near}"
-quota = "2G"
-[store.far]
-kind = "s3"
-bucket = "{bucket}"
-endpoint = "{endpoint}"
-region = "{region}"
-allow_http = true
-access_key_id = "{key}"
-secret_access_key = "{secret}"
-"#,
-            near = dir.join(format!("{name}-near")).display(),
-            bucket = garage.bucket(),
-            endpoint = garage.s3_endpoint(node),
-            region = garage.region(),
-            key = garage.key_id(),
-            secret = garage.secret(),
-        ),
-    )
-    .unwrap();
-    let serve = Serve::start_with_config(&config, &["--allow-push"]);
-    assert!(serve.banner.contains("in front of s3://"), "{}", serve.banner);
-    serve
 }
 
 fn runtime() -> tokio::runtime::Runtime {

@@ -1,6 +1,8 @@
 //! Bazel 4.2.3 (Debian's bazel-bootstrap) with `casket serve` as its remote cache: a cold build
 //! of over 100 actions uploads every result, and after `bazel clean` the rebuild is all remote
 //! cache hits with byte-identical outputs; the store then holds exactly what Bazel referenced.
+//! The same builds over a three-node Garage cluster: cold through one frontend, warm through
+//! another that shares the bucket, all hits.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -13,7 +15,8 @@ use std::process::{Command, Output};
 use std::time::Instant;
 
 use serde_json::Value;
-use support::{Serve, casket, ok, peer_available, run};
+use support::garage::Garage;
+use support::{Serve, casket, ok, peer_available, run, tiered_frontend};
 
 const BAZEL: &str = "/usr/bin/bazel";
 
@@ -662,4 +665,55 @@ fn bazel_4_2_3_builds_with_casket_as_its_remote_cache() {
     eprintln!("empty directories not recreated from the cache (a Bazel 4.2.3 limitation): {missing:?}");
 
     check_store(&store, cold.spawned(), &execroot, &second);
+}
+
+#[test]
+fn bazel_4_2_3_builds_cold_through_one_frontend_and_warm_through_another_over_garage() {
+    if !peer_available("bazel 4.2.3", bazel_4_2_3()) {
+        return;
+    }
+    let Some(garage) = Garage::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    copy_tree(Path::new(FIXTURE), &src);
+    let a = tiered_frontend(&garage, 1, dir.path(), "a");
+    let b = tiered_frontend(&garage, 2, dir.path(), "b");
+    let output_user_root = dir.path().join("output_user_root");
+
+    let through_a = Bazel::new(
+        src.join("workspace"),
+        output_user_root.clone(),
+        &a.url.replace("http://", "grpc://"),
+    );
+    let cold = through_a.build("cold build through frontend A");
+    assert_eq!(
+        cold.count("local"),
+        cold.spawned(),
+        "an empty bucket has no hits: {}",
+        cold.line
+    );
+    let bin_dir = through_a.info("bazel-bin");
+    let first = Snapshot::take(&bin_dir);
+    through_a.ok("clean", &[]);
+    drop(through_a);
+
+    let through_b = Bazel::new(
+        src.join("workspace"),
+        output_user_root,
+        &b.url.replace("http://", "grpc://"),
+    );
+    let warm = through_b.build("warm build through frontend B");
+    assert_eq!(
+        warm.count("remote cache hit"),
+        warm.spawned(),
+        "every action must be a remote cache hit through B: {}",
+        warm.line
+    );
+    assert_eq!(warm.spawned(), cold.spawned(), "{} / {}", cold.line, warm.line);
+    let differences = first.differences(&Snapshot::take(&bin_dir));
+    assert!(
+        differences.is_empty(),
+        "{}",
+        differences[..differences.len().min(20)].join("\n")
+    );
 }

@@ -150,3 +150,40 @@ impl Drop for Serve {
         let _ = self.child.wait();
     }
 }
+
+/// A `casket serve` frontend over Garage: a tiered store with its near disk in
+/// `DIR/NAME-near` and the bucket, reached through Garage node `node`, as its far tier.
+pub(crate) fn tiered_frontend(garage: &garage::Garage, node: usize, dir: &Path, name: &str) -> Serve {
+    let config = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[store]
+kind = "tiered"
+[store.near]
+kind = "disk"
+path = "{near}"
+quota = "2G"
+[store.far]
+kind = "s3"
+bucket = "{bucket}"
+endpoint = "{endpoint}"
+region = "{region}"
+allow_http = true
+access_key_id = "{key}"
+secret_access_key = "{secret}"
+"#,
+            near = dir.join(format!("{name}-near")).display(),
+            bucket = garage.bucket(),
+            endpoint = garage.s3_endpoint(node),
+            region = garage.region(),
+            key = garage.key_id(),
+            secret = garage.secret(),
+        ),
+    )
+    .unwrap();
+    let serve = Serve::start_with_config(&config, &["--allow-push"]);
+    assert!(serve.banner.contains("in front of s3://"), "{}", serve.banner);
+    serve
+}
