@@ -225,7 +225,7 @@ impl ObjectStoreBlobs {
         // Keys per unit of hash space (the first 8 bytes of the hash), from the probe.
         let span = covered
             .as_deref()
-            .and_then(|h| hex_prefix(h))
+            .and_then(hex_prefix)
             .map_or(1, |last| last.saturating_sub(hash_prefix(first)).max(1));
         let density = probe.len() as f64 / span as f64;
         let mut runs: Vec<&[Digest]> = Vec::new();
