@@ -23,8 +23,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use casket_model::{DigestFunction, RefName};
 use casket_store::{
-    BlobStoreExt, DiskOptions, DiskStore, ObjectRecords, ObjectRefs, ObjectStoreBlobs, RecordStore, RefStore,
-    S3Options, TieredStore,
+    BlobStore, BlobStoreExt, DiskOptions, DiskStore, ObjectRecords, ObjectRefs, ObjectStoreBlobs,
+    RecordStore, RefStore, S3Options, TieredStore,
 };
 use support::garage::Garage;
 use support::{buildstream1, casket, gen_tree, ok, peer_available, shared_dir, tiered_frontend as frontend};
@@ -96,6 +96,58 @@ fn s3_and_tiered_stores_pass_the_conformance_suite_on_garage() {
             .unwrap();
         assert_eq!(record, Some(Bytes::from_static(b"r")));
     });
+}
+
+/// How many incomplete multipart uploads Garage had to abort (none, if casket aborted its own).
+fn leftover_uploads(garage: &Garage) -> String {
+    let out = garage.cli(&[
+        "bucket",
+        "cleanup-incomplete-uploads",
+        "--older-than",
+        "0s",
+        garage.bucket(),
+    ]);
+    // "<bucket id>: no uploads deleted" or "<bucket id>: N uploads deleted".
+    let words: Vec<&str> = out.split_whitespace().collect();
+    match words.iter().position(|w| *w == "uploads") {
+        Some(i) if i > 0 && words[i - 1] == "no" => "0".to_owned(),
+        Some(i) if i > 0 => words[i - 1].to_owned(),
+        _ => panic!("unexpected output: {out}"),
+    }
+}
+
+#[test]
+fn a_large_upload_that_does_not_match_or_is_abandoned_is_aborted_and_never_visible() {
+    let Some(garage) = Garage::start() else { return };
+    runtime().block_on(async {
+        let store = ObjectStoreBlobs::new(s3(&garage, 1).connect().unwrap(), "aborts");
+        let data = vec![5u8; 20 << 20];
+        let right = casket_model::Digest::of(DigestFunction::Sha256, &data);
+        let wrong = casket_model::Digest::new(DigestFunction::Sha256, [0; 32], right.size()).unwrap();
+        let mut writer = store.begin_write(&wrong).await.unwrap();
+        for chunk in data.chunks(1 << 20) {
+            writer.write(Bytes::copy_from_slice(chunk)).await.unwrap();
+        }
+        assert!(matches!(
+            writer.commit().await,
+            Err(casket_store::StoreError::DigestMismatch { .. })
+        ));
+        assert_eq!(store.find_missing_uncached(&[wrong]).await.unwrap(), vec![wrong]);
+
+        let mut abandoned = store.begin_write(&right).await.unwrap();
+        abandoned
+            .write(Bytes::copy_from_slice(&data[..12 << 20]))
+            .await
+            .unwrap();
+        drop(abandoned);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(store.find_missing_uncached(&[right]).await.unwrap(), vec![right]);
+    });
+    assert_eq!(
+        leftover_uploads(&garage),
+        "0",
+        "casket left multipart uploads behind"
+    );
 }
 
 /// `casket capture DIR` into `store`; the root digest.

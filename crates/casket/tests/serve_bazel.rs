@@ -716,4 +716,37 @@ fn bazel_4_2_3_builds_cold_through_one_frontend_and_warm_through_another_over_ga
         "{}",
         differences[..differences.len().min(20)].join("\n")
     );
+
+    // An output removed from the bucket (B still has a copy near): its action is a miss, not a
+    // hit whose output other frontends could not serve; every other action is still a hit.
+    let output = casket_model::Digest::of(
+        casket_model::DigestFunction::Sha256,
+        &fs::read(bin_dir.join("g_007/c.bin")).unwrap(),
+    );
+    let options = casket_store::S3Options {
+        bucket: garage.bucket().to_owned(),
+        endpoint: Some(garage.s3_endpoint(1)),
+        region: Some(garage.region().to_owned()),
+        access_key_id: Some(garage.key_id().to_owned()),
+        secret_access_key: Some(garage.secret().to_owned()),
+        allow_http: true,
+        virtual_hosted_style: false,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let bucket = casket_store::ObjectStoreBlobs::new(options.connect().unwrap(), "");
+        assert!(casket_store::BlobStore::delete(&bucket, &output).await.unwrap());
+    });
+    through_b.ok("clean", &[]);
+    let after = through_b.build("rebuild through B with one output gone from the bucket");
+    assert_eq!(
+        after.count("remote cache hit"),
+        warm.spawned() - 1,
+        "{}",
+        after.line
+    );
+    assert_eq!(after.count("local"), 1, "{}", after.line);
 }
