@@ -27,7 +27,10 @@ use casket_store::{
     RecordStore, RefStore, S3Options, TieredStore,
 };
 use support::garage::Garage;
-use support::{buildstream1, casket, gen_tree, ok, peer_available, shared_dir, tiered_frontend as frontend};
+use support::{
+    buildstream1, casket, gen_tree, ok, peer_available, shared_dir, tiered_frontend as frontend,
+    tiered_frontend_with,
+};
 
 fn s3(garage: &Garage, node: usize) -> S3Options {
     S3Options {
@@ -173,9 +176,10 @@ fn a_tree_pushed_through_one_frontend_is_pulled_through_another() {
             "1:20000000",
         ],
     );
+    // B signs with credentials from its environment, A with those in its file.
     let (a, b) = (
         frontend(&garage, 1, dir.path(), "a"),
-        frontend(&garage, 2, dir.path(), "b"),
+        tiered_frontend_with(&garage, 2, dir.path(), "b", false),
     );
     ok(casket(&dir.path().join("client-a"))
         .args(["push", "--remote", &a.url, "--ref", "app/main"])

@@ -114,12 +114,14 @@ impl Serve {
         Serve::spawn(cmd)
     }
 
-    /// Starts `casket serve --config FILE` on a free port; the file names the stores.
-    pub(crate) fn start_with_config(config: &Path, extra: &[&str]) -> Serve {
+    /// Starts `casket serve --config FILE` on a free port, with `env` added to its
+    /// environment; the file names the stores.
+    pub(crate) fn start_with_config(config: &Path, extra: &[&str], env: &[(&str, &str)]) -> Serve {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_casket"));
         cmd.args(["--quiet", "serve", "--listen", "127.0.0.1:0", "--config"])
             .arg(config)
-            .args(extra);
+            .args(extra)
+            .envs(env.iter().copied());
         Serve::spawn(cmd)
     }
 
@@ -152,8 +154,38 @@ impl Drop for Serve {
 }
 
 /// A `casket serve` frontend over Garage: a tiered store with its near disk in
-/// `DIR/NAME-near` and the bucket, reached through Garage node `node`, as its far tier.
+/// `DIR/NAME-near` and the bucket, reached through Garage node `node`, as its far tier; the
+/// credentials are in the file.
 pub(crate) fn tiered_frontend(garage: &garage::Garage, node: usize, dir: &Path, name: &str) -> Serve {
+    tiered_frontend_with(garage, node, dir, name, true)
+}
+
+/// [`tiered_frontend`], with the credentials in the file or, when `keys_in_file` is false, in
+/// the server's environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`).
+pub(crate) fn tiered_frontend_with(
+    garage: &garage::Garage,
+    node: usize,
+    dir: &Path,
+    name: &str,
+    keys_in_file: bool,
+) -> Serve {
+    let keys = if keys_in_file {
+        format!(
+            "access_key_id = \"{}\"\nsecret_access_key = \"{}\"\n",
+            garage.key_id(),
+            garage.secret()
+        )
+    } else {
+        String::new()
+    };
+    let env = if keys_in_file {
+        vec![]
+    } else {
+        vec![
+            ("AWS_ACCESS_KEY_ID", garage.key_id()),
+            ("AWS_SECRET_ACCESS_KEY", garage.secret()),
+        ]
+    };
     let config = dir.join(format!("{name}.toml"));
     std::fs::write(
         &config,
@@ -171,19 +203,15 @@ bucket = "{bucket}"
 endpoint = "{endpoint}"
 region = "{region}"
 allow_http = true
-access_key_id = "{key}"
-secret_access_key = "{secret}"
-"#,
+{keys}"#,
             near = dir.join(format!("{name}-near")).display(),
             bucket = garage.bucket(),
             endpoint = garage.s3_endpoint(node),
             region = garage.region(),
-            key = garage.key_id(),
-            secret = garage.secret(),
         ),
     )
     .unwrap();
-    let serve = Serve::start_with_config(&config, &["--allow-push"]);
+    let serve = Serve::start_with_config(&config, &["--allow-push"], &env);
     assert!(serve.banner.contains("in front of s3://"), "{}", serve.banner);
     serve
 }
