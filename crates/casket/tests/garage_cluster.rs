@@ -4,9 +4,8 @@
 //! * the cluster starts healthy on every node, with the bucket and a key that works (a wrong
 //!   secret is refused);
 //! * an object PUT through node 1 reads back byte for byte through node 2; a missing key is 404;
-//! * with node 3 killed, PUT/GET through nodes 1 and 2 work at once, and the cluster soon
-//!   reports "degraded" and still works;
-//! * node 3 restarted: healthy everywhere, and it serves the objects written while it was down;
+//! * with node 3 killed the cluster is "degraded" and PUT/GET through nodes 1 and 2 still work;
+//! * node 3 restarted: healthy everywhere, and it serves the object written while it was down;
 //! * node 1's `/metrics` counted its PutObject requests, node 2's its GetObject requests.
 #![allow(clippy::unwrap_used)]
 
@@ -122,22 +121,17 @@ fn three_nodes_survive_one_killed_and_restarted() {
     let (code, _) = s3(&garage, 2, "objects/missing", None, garage.secret());
     assert_eq!(code, 404, "GET of a missing key");
 
-    // One node down: reads and writes through the others work at once; the cluster reports
-    // "degraded" once the others notice.
+    // One node down: degraded, still readable and writable through the others.
     let phase = Instant::now();
     garage.kill(3);
+    eprintln!("kill(3) took {:?}", phase.elapsed());
+    assert_health(&garage, &[1, 2], "degraded");
     let (code, _) = s3(&garage, 3, "objects/first", None, garage.secret());
     assert_eq!(code, 0, "node 3 still answers after kill");
     let second = b"written while node 3 was down".to_vec();
     put(&garage, 1, "objects/second", &second);
     assert_eq!(get(&garage, 2, "objects/second"), second);
     assert_eq!(get(&garage, 2, "objects/first"), first);
-    garage.wait_status("degraded");
-    eprintln!("kill(3) to degraded took {:?}", phase.elapsed());
-    assert_health(&garage, &[1, 2], "degraded");
-    let third = b"written while degraded".to_vec();
-    put(&garage, 1, "objects/third", &third);
-    assert_eq!(get(&garage, 2, "objects/third"), third);
 
     // Back to healthy; node 3 serves what it missed.
     let phase = Instant::now();
@@ -145,7 +139,6 @@ fn three_nodes_survive_one_killed_and_restarted() {
     eprintln!("restart(3) took {:?}", phase.elapsed());
     assert_health(&garage, &[1, 2, 3], "healthy");
     assert_eq!(get(&garage, 3, "objects/second"), second);
-    assert_eq!(get(&garage, 3, "objects/third"), third);
 
     let node1 = garage.s3_requests(1);
     let node2 = garage.s3_requests(2);
@@ -156,7 +149,7 @@ fn three_nodes_survive_one_killed_and_restarted() {
         "node 1's requests: {node1:?}"
     );
     assert!(
-        node2.get("GetObject").copied().unwrap_or(0) >= 5,
+        node2.get("GetObject").copied().unwrap_or(0) >= 4,
         "node 2's requests: {node2:?}"
     );
     assert!(

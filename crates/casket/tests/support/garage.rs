@@ -248,9 +248,9 @@ admin_token = "{admin_token}"
         REGION
     }
 
-    /// Kills node `node` (SIGKILL) and waits for it to exit. Requests through the other nodes
-    /// keep working at once, but they report the cluster "degraded" only once they notice, about
-    /// 9 s later (failed pings): `wait_status("degraded")` waits for that.
+    /// Kills node `node` (SIGKILL), waits for it to exit, then until the running nodes report
+    /// the cluster "degraded" ("unavailable" with one left). Requests through the other nodes
+    /// work at once, but they notice the loss only through failed pings: this takes about 9 s.
     pub(crate) fn kill(&mut self, node: usize) {
         let child = self.nodes[node - 1].child.take();
         let Some(mut child) = child else {
@@ -258,6 +258,7 @@ admin_token = "{admin_token}"
         };
         child.kill().unwrap();
         child.wait().unwrap();
+        self.wait_status(self.expected_status());
     }
 
     /// Starts node `node` again (killing it first if it runs) with the same config and data,
