@@ -139,10 +139,10 @@ impl TieredStore {
 
     /// Keeps copies of blobs far accepted, if there is room.
     async fn keep_near(&self, function: DigestFunction, blobs: Vec<NewBlob>) {
-        let bytes = blobs.iter().map(|b| b.data.len() as u64).sum();
         if blobs.is_empty() {
             return;
         }
+        let bytes = blobs.iter().map(|b| b.data.len() as u64).sum();
         let Some(_hold) = self.hold(bytes).await else {
             return;
         };

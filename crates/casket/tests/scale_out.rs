@@ -24,25 +24,13 @@ use bytes::Bytes;
 use casket_model::{DigestFunction, RefName};
 use casket_store::{
     BlobStore, BlobStoreExt, DiskOptions, DiskStore, ObjectRecords, ObjectRefs, ObjectStoreBlobs,
-    RecordStore, RefStore, S3Options, TieredStore,
+    RecordStore, RefStore, TieredStore,
 };
 use support::garage::Garage;
 use support::{
-    buildstream1, casket, gen_tree, ok, peer_available, shared_dir, tiered_frontend as frontend,
+    buildstream1, casket, garage_s3, gen_tree, ok, peer_available, tiered_frontend as frontend,
     tiered_frontend_with,
 };
-
-fn s3(garage: &Garage, node: usize) -> S3Options {
-    S3Options {
-        bucket: garage.bucket().to_owned(),
-        endpoint: Some(garage.s3_endpoint(node)),
-        region: Some(garage.region().to_owned()),
-        access_key_id: Some(garage.key_id().to_owned()),
-        secret_access_key: Some(garage.secret().to_owned()),
-        allow_http: true,
-        virtual_hosted_style: false,
-    }
-}
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -56,8 +44,8 @@ fn s3_and_tiered_stores_pass_the_conformance_suite_on_garage() {
     let Some(garage) = Garage::start() else { return };
     let dir = tempfile::tempdir().unwrap();
     runtime().block_on(async {
-        let through_1 = s3(&garage, 1).connect().unwrap();
-        let through_2 = s3(&garage, 2).connect().unwrap();
+        let through_1 = garage_s3(&garage, 1).connect().unwrap();
+        let through_2 = garage_s3(&garage, 2).connect().unwrap();
         casket_store::conformance::run_all(&ObjectStoreBlobs::new(through_1.clone(), "conformance-s3")).await;
 
         let near = DiskStore::open(dir.path().join("near"), DiskOptions::default()).unwrap();
@@ -123,7 +111,7 @@ fn leftover_uploads(garage: &Garage) -> String {
 fn a_large_upload_that_does_not_match_or_is_abandoned_is_aborted_and_never_visible() {
     let Some(garage) = Garage::start() else { return };
     runtime().block_on(async {
-        let store = ObjectStoreBlobs::new(s3(&garage, 1).connect().unwrap(), "aborts");
+        let store = ObjectStoreBlobs::new(garage_s3(&garage, 1).connect().unwrap(), "aborts");
         let data = vec![5u8; 20 << 20];
         let right = casket_model::Digest::of(DigestFunction::Sha256, &data);
         let wrong = casket_model::Digest::new(DigestFunction::Sha256, [0; 32], right.size()).unwrap();
@@ -226,11 +214,7 @@ fn buildstream_1_pushes_through_one_frontend_and_pulls_through_another() {
         frontend(&garage, 1, dir.path(), "a"),
         frontend(&garage, 2, dir.path(), "b"),
     );
-    let client = || {
-        let mut cmd = Command::new("/usr/bin/python3");
-        cmd.arg(shared_dir().join("peers/bst1/client.py"));
-        cmd
-    };
+    let client = support::bst1_client;
     let repo = dir.path().join("repo");
     ok(client()
         .args(["import", "--repo"])

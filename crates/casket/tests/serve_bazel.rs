@@ -723,15 +723,7 @@ fn bazel_4_2_3_builds_cold_through_one_frontend_and_warm_through_another_over_ga
         casket_model::DigestFunction::Sha256,
         &fs::read(bin_dir.join("g_007/c.bin")).unwrap(),
     );
-    let options = casket_store::S3Options {
-        bucket: garage.bucket().to_owned(),
-        endpoint: Some(garage.s3_endpoint(1)),
-        region: Some(garage.region().to_owned()),
-        access_key_id: Some(garage.key_id().to_owned()),
-        secret_access_key: Some(garage.secret().to_owned()),
-        allow_http: true,
-        virtual_hosted_style: false,
-    };
+    let options = support::garage_s3(&garage, 1);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

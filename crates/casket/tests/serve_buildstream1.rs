@@ -7,16 +7,8 @@
 
 mod support;
 
-use std::process::Command;
-
 use serde_json::Value;
-use support::{Serve, buildstream1, gen_tree, ok, peer_available, run, shared_dir};
-
-fn client() -> Command {
-    let mut cmd = Command::new("/usr/bin/python3");
-    cmd.arg(shared_dir().join("peers/bst1/client.py"));
-    cmd
-}
+use support::{Serve, bst1_client as client, buildstream1, gen_tree, ok, peer_available, run};
 
 /// The `RESULT {json}` line client.py ends with.
 fn result(stdout: &str) -> Value {

@@ -110,7 +110,7 @@ pub async fn expire(bucket: Bucket<'_>, options: RetentionOptions) -> Result<Ret
     // Roots written while we listed: keep what they reach too.
     let mut late = RetentionReport::default();
     let since = started.checked_sub(Duration::from_secs(1)).unwrap_or(started);
-    mark_new_roots(bucket, &mut marker, &mut late, since).await?;
+    mark_roots(bucket, &mut marker, &mut late, |touched| touched < since, true).await?;
     let (kept, doomed): (Vec<Digest>, Vec<Digest>) =
         candidates.into_iter().partition(|d| marker.reached.contains(d));
     report.blobs_reachable += kept.len() as u64;
@@ -167,16 +167,6 @@ async fn mark_roots(
         }
     }
     Ok(())
-}
-
-/// Marks what roots written since `since` reach.
-async fn mark_new_roots(
-    bucket: Bucket<'_>,
-    marker: &mut Marker<'_>,
-    report: &mut RetentionReport,
-    since: SystemTime,
-) -> Result<(), StoreError> {
-    mark_roots(bucket, marker, report, |touched| touched < since, true).await
 }
 
 /// The set of blobs reached so far.

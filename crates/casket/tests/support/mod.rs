@@ -153,6 +153,26 @@ impl Drop for Serve {
     }
 }
 
+/// BuildStream 1.6.8's own client (`shared/peers/bst1/client.py`) under Debian's Python.
+pub(crate) fn bst1_client() -> Command {
+    let mut cmd = Command::new("/usr/bin/python3");
+    cmd.arg(shared_dir().join("peers/bst1/client.py"));
+    cmd
+}
+
+/// How to reach the Garage bucket through node `node`, with the cluster's key.
+pub(crate) fn garage_s3(garage: &garage::Garage, node: usize) -> casket_store::S3Options {
+    casket_store::S3Options {
+        bucket: garage.bucket().to_owned(),
+        endpoint: Some(garage.s3_endpoint(node)),
+        region: Some(garage.region().to_owned()),
+        access_key_id: Some(garage.key_id().to_owned()),
+        secret_access_key: Some(garage.secret().to_owned()),
+        allow_http: true,
+        virtual_hosted_style: false,
+    }
+}
+
 /// A `casket serve` frontend over Garage: a tiered store with its near disk in
 /// `DIR/NAME-near` and the bucket, reached through Garage node `node`, as its far tier; the
 /// credentials are in the file.
