@@ -66,7 +66,7 @@ impl ResourceName {
             return Err(ResourceNameError::new(name, "unexpected segments after the size"));
         }
         Ok(ResourceName {
-            instance: segments[..at].join("/"),
+            instance: instance(name, &segments[..at])?,
             digest,
             compressor,
             upload: None,
@@ -86,12 +86,24 @@ impl ResourceName {
             .ok_or_else(|| ResourceNameError::new(name, "no upload id after uploads/"))?;
         let (digest, compressor, _metadata) = parse_blob(name, &segments[at + 2..])?;
         Ok(ResourceName {
-            instance: segments[..at].join("/"),
+            instance: instance(name, &segments[..at])?,
             digest,
             compressor,
             upload: Some((*upload).to_owned()),
         })
     }
+}
+
+/// The instance name of `segments`: empty, or segments none of which is empty, `.` or `..`
+/// (so a name never starts with `/` and never climbs out of anything it is joined to).
+fn instance(name: &str, segments: &[&str]) -> Result<String, ResourceNameError> {
+    if let Some(bad) = segments.iter().find(|s| matches!(**s, "" | "." | "..")) {
+        return Err(ResourceNameError::new(
+            name,
+            format!("the instance name has a {bad:?} segment"),
+        ));
+    }
+    Ok(segments.join("/"))
 }
 
 /// `{instance/}blobs/{function/}{hash}/{size}` or its `compressed-blobs/zstd/` form.
@@ -207,6 +219,19 @@ mod tests {
         ] {
             assert!(ResourceName::parse_read(&bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn instance_names_that_climb_or_are_absolute_are_refused() {
+        for instance in ["../../etc/passwd", "/abs", "a//b", "a/./b", "a/..", "."] {
+            let read = format!("{instance}/blobs/{HASH}/0");
+            let error = ResourceName::parse_read(&read).expect_err(&read).to_string();
+            assert!(error.contains("instance name"), "{read}: {error}");
+            let write = format!("{instance}/uploads/u/blobs/{HASH}/0");
+            assert!(ResourceName::parse_write(&write).is_err(), "{write}");
+        }
+        let nested = ResourceName::parse_read(&format!("a/b.c/blobs/{HASH}/0")).expect("nested");
+        assert_eq!(nested.instance, "a/b.c");
     }
 
     #[test]

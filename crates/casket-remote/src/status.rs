@@ -1,5 +1,6 @@
-//! Store and tree errors as gRPC statuses: the only place that maps one to the other.
+//! Cache, store and tree errors as gRPC statuses: the only place that maps one to the other.
 
+use casket_cache::CacheError;
 use casket_store::StoreError;
 use casket_tree::TreeError;
 use tonic::{Code, Status};
@@ -19,6 +20,8 @@ pub(crate) fn store_code(e: &StoreError) -> Code {
         StoreError::Remote { code, .. } => Code::from_i32(*code),
         StoreError::Unsupported(_) => Code::Unimplemented,
         StoreError::NoRoom(_) => Code::ResourceExhausted,
+        // Over max_cas_blob_size_bytes, which Capabilities advertises as the quota.
+        StoreError::ExceedsCapacity { .. } => Code::InvalidArgument,
         // The object store's own retries are spent: the client may try again later.
         StoreError::ObjectStore(_) => Code::Unavailable,
         StoreError::Io { .. } | StoreError::Task(_) => Code::Internal,
@@ -30,13 +33,25 @@ pub(crate) fn from_store(e: StoreError) -> Status {
     Status::new(store_code(&e), e.to_string())
 }
 
-/// A tree error as a status.
-pub(crate) fn from_tree(e: TreeError) -> Status {
-    let code = match &e {
+/// The gRPC code for a tree error.
+fn tree_code(e: &TreeError) -> Code {
+    match e {
         TreeError::MissingDirectory { .. } | TreeError::MissingFile { .. } => Code::NotFound,
         TreeError::InvalidDirectory { .. } => Code::InvalidArgument,
         TreeError::Store { source, .. } => store_code(source),
         _ => Code::Internal,
+    }
+}
+
+/// A cache error as a status.
+pub(crate) fn from_cache(e: CacheError) -> Status {
+    let code = match &e {
+        CacheError::Invalid(_) => Code::InvalidArgument,
+        CacheError::NotFound(_) => Code::NotFound,
+        CacheError::Precondition(_) => Code::FailedPrecondition,
+        CacheError::Corrupt(_) => Code::DataLoss,
+        CacheError::Store(e) => store_code(e),
+        CacheError::Tree(e) => tree_code(e),
     };
     Status::new(code, e.to_string())
 }

@@ -10,10 +10,9 @@ use std::time::Duration;
 
 use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
 use bazel_remote_apis::google::bytestream::{self as bs, byte_stream_client::ByteStreamClient};
+use casket_cache::{Namespace, Namespaces, QuotaOptions};
 use casket_model::{Digest, DigestFunction};
-use casket_remote::server::{
-    Access, AccessPolicy, Metrics, Namespace, Namespaces, QuotaOptions, ServerOptions,
-};
+use casket_remote::server::{Access, AccessPolicy, Metrics, ServerOptions};
 use casket_store::{BlobStoreExt, DiskOptions, DiskStore};
 use common::{Server, start_on, start_with};
 use reapi::capabilities_client::CapabilitiesClient;

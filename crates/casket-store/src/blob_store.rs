@@ -174,6 +174,29 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
     fn local_file(&self, _digest: &Digest, _executable: bool) -> Result<Option<PathBuf>> {
         Ok(None)
     }
+
+    /// Every stored blob with when it was last written, for expiry by reachability (a bucket
+    /// has no access times). Stores that cannot list yield one `Unsupported` error.
+    fn list_blobs(&self) -> BoxStream<'_, Result<ListedBlob>> {
+        futures::stream::once(async { Err(StoreError::Unsupported("listing blobs")) }).boxed()
+    }
+
+    /// Removes `digests` (absent ones are no error), in bulk where the store can.
+    async fn delete_many(&self, digests: &[Digest]) -> Result<()> {
+        for digest in digests {
+            self.delete(digest).await?;
+        }
+        Ok(())
+    }
+}
+
+/// A blob as listed by [`BlobStore::list_blobs`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListedBlob {
+    /// The blob.
+    pub digest: Digest,
+    /// When it was last written.
+    pub written: std::time::SystemTime,
 }
 
 /// The largest blob [`BlobStoreExt::get_bytes`] loads into memory.

@@ -98,6 +98,14 @@ pub enum StoreError {
     /// The store cannot do this at all (a remote cache cannot delete or count, for example).
     #[error("{0} is not supported by this store")]
     Unsupported(&'static str),
+    /// A blob larger than the store could ever hold (its whole quota).
+    #[error("a {bytes}-byte blob does not fit in the {capacity}-byte quota")]
+    ExceedsCapacity {
+        /// The blob's size.
+        bytes: u64,
+        /// What the store can hold at most.
+        capacity: u64,
+    },
     /// A store with a limit has no room left for a write.
     #[error("no room: {0}")]
     NoRoom(String),

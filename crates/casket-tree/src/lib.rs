@@ -2,7 +2,8 @@
 //!
 //! * [`capture()`]: a directory on disk -> `Directory` messages and blobs in a store.
 //! * [`checkout()`]: a tree in a store -> a directory on disk, never writing outside it.
-//! * [`Tree`]: a whole tree fetched and validated, walked depth first.
+//! * [`walk`]: the one tree walker (breadth first, gaps skipped or fatal); [`Tree`]: a whole
+//!   tree fetched and validated, walked depth first.
 //! * [`maintenance`]: expiry to a quota and integrity checks of a disk store and its refs.
 
 mod capture;
@@ -14,7 +15,7 @@ mod tree;
 pub use capture::{CaptureOptions, Captured, capture, store_files};
 pub use checkout::{CheckedOut, CheckoutMode, CheckoutOptions, checkout};
 pub use error::{Result, TreeError};
-pub use tree::Tree;
+pub use tree::{Gaps, Tree, Walk, walk};
 
 /// Receives progress of long operations (capture, checkout, gc, fsck). Every method has a
 /// no-op default, and `()` reports nothing.

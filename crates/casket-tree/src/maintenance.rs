@@ -6,8 +6,8 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use casket_model::{Digest, Directory, Node, RefName};
-use casket_store::{BlobStore, BlobStoreExt, CorruptRef, DiskRefs, DiskStore, RefEntry, RefStore, Usage};
+use casket_model::{Digest, RefName};
+use casket_store::{BlobStore, CorruptRef, DiskRefs, DiskStore, RefEntry, RefStore, Usage};
 use futures::{StreamExt, TryStreamExt};
 
 use crate::Progress;
@@ -122,33 +122,10 @@ pub async fn gc(
 }
 
 /// Every digest reachable from `root` that can be found: missing or invalid directories are
-/// skipped, so an incomplete tree still protects what is left of it.
+/// skipped, so an incomplete tree still protects what is left of it. Store failures are errors.
 pub async fn reachable_digests(store: &dyn BlobStore, root: &Digest) -> Result<HashSet<Digest>> {
-    let mut reachable = HashSet::from([*root]);
-    let mut level = vec![*root];
-    while !level.is_empty() {
-        let fetched: Vec<Option<Directory>> = futures::stream::iter(level)
-            .map(|digest| async move {
-                match store.get_bytes(&digest).await {
-                    Ok(Some(bytes)) => Ok(Directory::decode(digest.function(), &bytes).ok()),
-                    Ok(None) | Err(casket_store::StoreError::SizeMismatch { .. }) => Ok(None),
-                    Err(e) => Err(store_error(digest.to_string())(e)),
-                }
-            })
-            .buffer_unordered(crate::default_concurrency())
-            .try_collect()
-            .await?;
-        level = Vec::new();
-        for directory in fetched.into_iter().flatten() {
-            for (_, node) in directory.entries() {
-                let Some(digest) = node.digest() else { continue };
-                if reachable.insert(*digest) && matches!(node, Node::Directory(_)) {
-                    level.push(*digest);
-                }
-            }
-        }
-    }
-    Ok(reachable)
+    let walk = crate::walk(store, root, crate::default_concurrency(), crate::Gaps::Skip).await?;
+    Ok(walk.reachable())
 }
 
 async fn remove_stale_temp_files(store: &DiskStore, min_age: Duration) -> Result<u64> {

@@ -3,10 +3,98 @@
 use std::collections::{HashMap, HashSet};
 
 use casket_model::{Digest, Directory, FileNode, Node};
-use casket_store::{BlobStore, BlobStoreExt};
+use casket_store::{BlobStore, BlobStoreExt, StoreError};
 use futures::{StreamExt, TryStreamExt};
 
 use crate::error::{Result, TreeError, join, store_error};
+
+/// What a walk does with a directory it cannot use: one the store does not have (or has with
+/// another size), or one that is not a valid canonical `Directory`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gaps {
+    /// Fail on the first, naming its path.
+    Fail,
+    /// Record it and go on: everything else reachable is still walked.
+    Skip,
+}
+
+/// The directories reachable from a root, fetched breadth first by [`walk`], each once. This
+/// is the one tree walker: loading a [`Tree`], marking what refs and action results keep alive,
+/// GetTree and completeness checks all use it. Store failures are always errors; only absent
+/// or invalid directories can be skipped.
+#[derive(Debug)]
+pub struct Walk {
+    root: Digest,
+    /// Found directories in breadth-first order, each once.
+    order: Vec<Digest>,
+    directories: HashMap<Digest, Directory>,
+    /// Directories skipped ([`Gaps::Skip`]): `MissingDirectory` or `InvalidDirectory`.
+    gaps: Vec<TreeError>,
+}
+
+/// Walks the tree under `root` breadth first, up to `concurrency` directories at a time. The
+/// order of a level is the order its parents name the directories, so two walks of one tree
+/// list the directories in the same order.
+pub async fn walk(store: &dyn BlobStore, root: &Digest, concurrency: usize, gaps: Gaps) -> Result<Walk> {
+    let mut walk = Walk {
+        root: *root,
+        order: Vec::new(),
+        directories: HashMap::new(),
+        gaps: Vec::new(),
+    };
+    let mut seen = HashSet::from([*root]);
+    let mut level = vec![(".".to_owned(), *root)];
+    while !level.is_empty() {
+        let fetched: Vec<(String, Digest, Result<Directory>)> = futures::stream::iter(level)
+            .map(|(path, digest)| fetch_directory(store, path, digest))
+            .buffered(concurrency.max(1))
+            .try_collect()
+            .await?;
+        level = Vec::new();
+        for (path, digest, directory) in fetched {
+            let directory = match directory {
+                Ok(directory) => directory,
+                Err(gap) if gaps == Gaps::Skip => {
+                    walk.gaps.push(gap);
+                    continue;
+                }
+                Err(gap) => return Err(gap),
+            };
+            for (name, node) in directory.entries() {
+                if let Node::Directory(child) = node
+                    && seen.insert(*child)
+                {
+                    level.push((join(&path, name.as_str()), *child));
+                }
+            }
+            walk.order.push(digest);
+            walk.directories.insert(digest, directory);
+        }
+    }
+    Ok(walk)
+}
+
+impl Walk {
+    /// The found directories, breadth first, each once.
+    pub fn directories(&self) -> impl Iterator<Item = (&Digest, &Directory)> {
+        self.order.iter().map(|d| (d, &self.directories[d]))
+    }
+
+    /// The directories that were skipped, as `MissingDirectory` or `InvalidDirectory`.
+    pub fn gaps(&self) -> &[TreeError] {
+        &self.gaps
+    }
+
+    /// Every digest the tree names: the root, and every file and directory named by a found
+    /// directory (skipped directories included, their contents unknown).
+    pub fn reachable(&self) -> HashSet<Digest> {
+        let mut all = HashSet::from([self.root]);
+        for directory in self.directories.values() {
+            all.extend(directory.entries().filter_map(|(_, node)| node.digest().copied()));
+        }
+        all
+    }
+}
 
 /// A whole tree's directories, keyed by digest, every one decoded and validated.
 #[derive(Debug, Clone)]
@@ -19,49 +107,23 @@ impl Tree {
     /// Fetches the tree under `root` breadth-first, up to `concurrency` directories at a time.
     /// Fails on the first missing or invalid directory, naming its path.
     pub async fn load(store: &dyn BlobStore, root: &Digest, concurrency: usize) -> Result<Tree> {
-        let mut directories: HashMap<Digest, Directory> = HashMap::new();
-        let mut level = vec![(".".to_owned(), *root)];
-        while !level.is_empty() {
-            let mut seen = HashSet::new();
-            level.retain(|(_, d)| !directories.contains_key(d) && seen.insert(*d));
-            let fetched: Vec<(String, Digest, Directory)> = futures::stream::iter(level)
-                .map(|(path, digest)| fetch_directory(store, path, digest))
-                .buffer_unordered(concurrency.max(1))
-                .try_collect()
-                .await?;
-            level = Vec::new();
-            for (path, digest, directory) in fetched {
-                for (name, node) in directory.entries() {
-                    if let Node::Directory(child) = node {
-                        level.push((join(&path, name.as_str()), *child));
-                    }
-                }
-                directories.insert(digest, directory);
-            }
-        }
+        let walk = walk(store, root, concurrency, Gaps::Fail).await?;
         Ok(Tree {
             root: *root,
-            directories,
+            directories: walk.directories,
         })
     }
 
     /// Why the tree under `root` cannot be checked out from `store`, if it cannot: the first
-    /// missing or invalid directory, or else the first file whose content is missing.
+    /// missing or invalid directory, or else the first directory or file that the store of
+    /// record lacks (directories may have been read through a cache in front of it).
     /// `Err` is kept for failures to look (I/O), not for what was found.
     pub async fn problem(store: &dyn BlobStore, root: &Digest) -> Result<Option<TreeError>> {
-        let tree = match Tree::load(store, root, crate::default_concurrency()).await {
-            Ok(tree) => tree,
-            Err(
-                e @ (TreeError::MissingDirectory { .. }
-                | TreeError::InvalidDirectory { .. }
-                | TreeError::Store { .. }),
-            ) => return Ok(Some(e)),
-            Err(e) => return Err(e),
-        };
-        Ok(tree
-            .first_missing_file(store)
-            .await?
-            .map(|(path, digest)| TreeError::MissingFile { path, digest }))
+        match Tree::load(store, root, crate::default_concurrency()).await {
+            Ok(tree) => tree.first_missing(store).await,
+            Err(e @ (TreeError::MissingDirectory { .. } | TreeError::InvalidDirectory { .. })) => Ok(Some(e)),
+            Err(e) => Err(e),
+        }
     }
 
     /// The root digest.
@@ -133,40 +195,69 @@ impl Tree {
     /// (a tree found complete here is safe to hand out by name).
     pub async fn first_missing_file(&self, store: &dyn BlobStore) -> Result<Option<(String, Digest)>> {
         let files: Vec<(String, Digest)> = self.files().map(|(p, f)| (p, f.digest)).collect();
-        let unique: Vec<Digest> = files
-            .iter()
-            .map(|(_, d)| *d)
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        let missing: HashSet<Digest> = store
-            .find_missing_uncached(&unique)
-            .await
-            .map_err(store_error("."))?
-            .into_iter()
-            .collect();
+        let missing = missing_of(store, files.iter().map(|(_, d)| *d)).await?;
         Ok(files.into_iter().find(|(_, d)| missing.contains(d)))
+    }
+
+    /// The first directory or file, depth first, that the store of record lacks.
+    async fn first_missing(&self, store: &dyn BlobStore) -> Result<Option<TreeError>> {
+        let entries = self.walk();
+        let named = entries.iter().filter_map(|(_, node)| node.digest().copied());
+        let missing = missing_of(store, named.chain([self.root])).await?;
+        if missing.contains(&self.root) {
+            return Ok(Some(TreeError::MissingDirectory {
+                path: ".".to_owned(),
+                digest: self.root,
+            }));
+        }
+        Ok(entries.into_iter().find_map(|(path, node)| match node {
+            Node::Directory(digest) if missing.contains(digest) => Some(TreeError::MissingDirectory {
+                path,
+                digest: *digest,
+            }),
+            Node::File(file) if missing.contains(&file.digest) => Some(TreeError::MissingFile {
+                path,
+                digest: file.digest,
+            }),
+            _ => None,
+        }))
     }
 }
 
+/// Which of `digests` the store of record lacks (each asked once).
+async fn missing_of(store: &dyn BlobStore, digests: impl Iterator<Item = Digest>) -> Result<HashSet<Digest>> {
+    let unique: Vec<Digest> = digests.collect::<HashSet<_>>().into_iter().collect();
+    Ok(store
+        .find_missing_uncached(&unique)
+        .await
+        .map_err(store_error("."))?
+        .into_iter()
+        .collect())
+}
+
+/// Fetches one directory: `Err` for store failures, `Ok` with a gap for a directory that is
+/// absent (or stored with another size) or invalid.
 async fn fetch_directory(
     store: &dyn BlobStore,
     path: String,
     digest: Digest,
-) -> Result<(String, Digest, Directory)> {
-    let bytes = store
-        .get_bytes(&digest)
-        .await
-        .map_err(store_error(path.clone()))?;
-    let Some(bytes) = bytes else {
-        return Err(TreeError::MissingDirectory { path, digest });
+) -> Result<(String, Digest, Result<Directory>)> {
+    let bytes = match store.get_bytes(&digest).await {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) | Err(StoreError::SizeMismatch { .. }) => {
+            let gap = TreeError::MissingDirectory {
+                path: path.clone(),
+                digest,
+            };
+            return Ok((path, digest, Err(gap)));
+        }
+        Err(e) => return Err(store_error(path)(e)),
     };
-    match Directory::decode(digest.function(), &bytes) {
-        Ok(directory) => Ok((path, digest, directory)),
-        Err(source) => Err(TreeError::InvalidDirectory {
-            path,
+    let directory =
+        Directory::decode(digest.function(), &bytes).map_err(|source| TreeError::InvalidDirectory {
+            path: path.clone(),
             digest,
             source: Box::new(source),
-        }),
-    }
+        });
+    Ok((path, digest, directory))
 }

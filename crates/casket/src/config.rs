@@ -12,6 +12,7 @@
 //! monitoring_listen = "127.0.0.1:9090"
 //! max_batch_size = "4M"           # advertised batch limit (at most 8M)
 //! disabled_methods = ["ContentAddressableStorage/GetTree"]
+//! upload_lifetime = "10m"        # interrupted uploads kept this long for resumption
 //!
 //! [tls]
 //! certificate = "server.pem"
@@ -24,7 +25,7 @@
 //! quota = "100G"
 //! ```
 //!
-//! `[store]` composes stores from one enum, [`StoreConfig`], keyed by `kind`:
+//! `[store]` composes stores from one enum, `casket_cache::config::StoreConfig`, keyed by `kind`:
 //!
 //! ```toml
 //! [store]
@@ -52,11 +53,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use casket_cache::config::StoreConfig;
+use casket_cache::units::{de_duration as duration, de_size as size};
 use casket_remote::server::Access;
-use casket_store::{ExistenceCacheOptions, S3Options};
 use serde::Deserialize;
-
-use crate::units::{parse_duration, parse_size};
 
 /// The whole file.
 #[derive(Debug, Default, Deserialize)]
@@ -90,6 +90,9 @@ pub struct ServeConfig {
     pub disabled_methods: Vec<String>,
     /// TLS, and client certificates.
     pub tls: Option<TlsConfig>,
+    /// How long an interrupted upload is kept for resumption, e.g. `"10m"`.
+    #[serde(default, deserialize_with = "duration")]
+    pub upload_lifetime: Option<Duration>,
     /// Instance names served from their own stores.
     #[serde(default)]
     pub instances: BTreeMap<String, InstanceConfig>,
@@ -108,99 +111,6 @@ pub struct TlsConfig {
     /// Refuse clients without a verified certificate.
     #[serde(default)]
     pub require_client_certificate: bool,
-}
-
-/// A store, composed recursively: `[store]`, or `store = "DIR"` for a disk store.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
-pub enum StoreConfig {
-    /// A disk store.
-    Disk {
-        /// Its directory.
-        path: PathBuf,
-        /// Most disk space it may use, e.g. `"50G"`; least recently used blobs go beyond it.
-        #[serde(default, deserialize_with = "size")]
-        quota: Option<u64>,
-    },
-    /// Everything in memory, gone when the server stops (for tests and demos).
-    Memory,
-    /// A bucket in S3 or an S3-compatible object store.
-    S3(S3Config),
-    /// A disk store in front of another store (the store of record).
-    Tiered {
-        /// The local tier: must be `kind = "disk"`.
-        near: Box<StoreConfig>,
-        /// The store of record, shared by every frontend.
-        far: Box<StoreConfig>,
-    },
-}
-
-/// `kind = "s3"`.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct S3Config {
-    /// The bucket.
-    pub bucket: String,
-    /// An S3-compatible endpoint; AWS when absent (or `AWS_ENDPOINT_URL`).
-    pub endpoint: Option<String>,
-    /// The region to sign for (`AWS_REGION` when absent).
-    pub region: Option<String>,
-    /// A key prefix, so several caches can share a bucket.
-    #[serde(default)]
-    pub prefix: String,
-    /// The access key id (else the AWS chain).
-    pub access_key_id: Option<String>,
-    /// The secret access key (else the AWS chain).
-    pub secret_access_key: Option<String>,
-    /// Allow a plain-HTTP endpoint.
-    #[serde(default)]
-    pub allow_http: bool,
-    /// `BUCKET.ENDPOINT` addressing instead of `ENDPOINT/BUCKET`.
-    #[serde(default)]
-    pub virtual_hosted_style: bool,
-    /// How many digests the positive existence cache remembers (0 turns it off).
-    pub existence_cache_entries: Option<u64>,
-    /// How long the existence cache trusts a digest it saw present, e.g. `"5m"`.
-    #[serde(default, deserialize_with = "duration")]
-    pub existence_cache_ttl: Option<Duration>,
-}
-
-impl S3Config {
-    /// How to reach the bucket.
-    pub fn options(&self) -> S3Options {
-        S3Options {
-            bucket: self.bucket.clone(),
-            endpoint: self.endpoint.clone(),
-            region: self.region.clone(),
-            access_key_id: self.access_key_id.clone(),
-            secret_access_key: self.secret_access_key.clone(),
-            allow_http: self.allow_http,
-            virtual_hosted_style: self.virtual_hosted_style,
-        }
-    }
-
-    /// The existence cache's size and lifetime.
-    pub fn existence_cache(&self) -> ExistenceCacheOptions {
-        let default = ExistenceCacheOptions::default();
-        ExistenceCacheOptions {
-            entries: self.existence_cache_entries.unwrap_or(default.entries),
-            ttl: self.existence_cache_ttl.unwrap_or(default.ttl),
-        }
-    }
-}
-
-impl StoreConfig {
-    /// Makes relative disk paths relative to `base`.
-    fn resolve(&mut self, base: &Path) {
-        match self {
-            StoreConfig::Disk { path, .. } if path.is_relative() => *path = base.join(&*path),
-            StoreConfig::Tiered { near, far } => {
-                near.resolve(base);
-                far.resolve(base);
-            }
-            _ => {}
-        }
-    }
 }
 
 fn store<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<StoreConfig>, D::Error> {
@@ -229,16 +139,6 @@ pub struct InstanceConfig {
 
 fn required_store<'de, D: serde::Deserializer<'de>>(d: D) -> Result<StoreConfig, D::Error> {
     store(d)?.ok_or_else(|| serde::de::Error::custom("a store is required"))
-}
-
-fn size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    let text = String::deserialize(d)?;
-    parse_size(&text).map(Some).map_err(serde::de::Error::custom)
-}
-
-fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    let text = String::deserialize(d)?;
-    parse_duration(&text).map(Some).map_err(serde::de::Error::custom)
 }
 
 fn access<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Access>, D::Error> {

@@ -5,7 +5,6 @@
 mod commands;
 mod config;
 mod progress;
-mod stores;
 mod units;
 
 use std::path::PathBuf;

@@ -5,38 +5,41 @@
 //! Offsets of compressed transfers follow the spec: a read's `read_offset` is in uncompressed
 //! bytes (and `read_limit` must be 0); a write's offsets count compressed bytes received, and
 //! an upload of a blob that is already stored ends at once with `committed_size` -1.
+//!
+//! An interrupted upload is parked for resumption ([`casket_cache::uploads::Parked`]) for the
+//! configured idle lifetime; one abandoned longer is dropped, which aborts its write and
+//! releases the room it held in the quota.
 
-use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use bazel_remote_apis::google::bytestream::{
     QueryWriteStatusRequest, QueryWriteStatusResponse, ReadRequest, ReadResponse, WriteRequest,
     WriteResponse, byte_stream_server,
 };
 use bytes::Bytes;
+use casket_cache::uploads::Parked;
 use casket_store::{BlobStoreExt, BlobWriter, ReadRange};
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+use super::Shared;
 use super::metrics::Lookup;
-use super::{Reservation, Shared};
 use crate::compression::{ZstdDecoder, compress_stream};
 use crate::resource_name::ResourceName;
 use crate::status::from_store;
 
-/// Interrupted uploads kept for resumption; beyond this, new interruptions are not kept.
-const MAX_PARKED_UPLOADS: usize = 1024;
+/// Interrupted uploads kept for resumption; beyond this, the least recently parked go.
+const MAX_PARKED_UPLOADS: u64 = 1024;
 
-/// An upload in progress (or interrupted, and kept for resumption).
+/// An upload in progress (or interrupted, and kept for resumption). Its writer holds the room
+/// reserved for it in the quota, if any, until it is committed or dropped.
 struct Upload {
     writer: Box<dyn BlobWriter>,
     /// Set for compressed uploads.
     decoder: Option<ZstdDecoder>,
     /// Bytes received on the wire: what the next `write_offset` must be.
     received: u64,
-    /// Room held in the quota until the upload ends.
-    _reservation: Option<Reservation>,
 }
 
 impl Upload {
@@ -69,36 +72,22 @@ impl Upload {
 pub(crate) struct ByteStream {
     shared: Arc<Shared>,
     /// Uploads whose stream ended before `finish_write`, by resource name, for resumption.
-    parked: Arc<Mutex<HashMap<String, Upload>>>,
+    parked: Arc<Parked<Upload>>,
 }
 
 impl ByteStream {
+    /// Must be called on the server's runtime: it sweeps expired uploads in the background.
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        ByteStream {
-            shared,
-            parked: Arc::default(),
-        }
+        let parked = Arc::new(Parked::new(MAX_PARKED_UPLOADS, shared.upload_lifetime));
+        Parked::sweep_every(&parked);
+        ByteStream { shared, parked }
     }
 
-    fn take_parked(&self, name: &str) -> Option<Upload> {
-        self.parked
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(name)
-    }
-
-    fn park(&self, name: String, upload: Upload) {
-        let mut parked = self.parked.lock().unwrap_or_else(PoisonError::into_inner);
-        if parked.len() < MAX_PARKED_UPLOADS {
-            parked.insert(name, upload);
-        }
-    }
-
-    /// A new upload of `name`, with room reserved for it.
+    /// A new upload of `name` (its writer reserves room for it first).
     async fn start_upload(&self, name: &ResourceName) -> Result<Upload, Status> {
-        let namespace = self.shared.namespace(&name.instance);
-        let reservation = namespace.reserve(name.digest.size()).await?;
-        let writer = namespace
+        let writer = self
+            .shared
+            .namespace(&name.instance)
             .blobs
             .begin_write(&name.digest)
             .await
@@ -111,7 +100,6 @@ impl ByteStream {
             writer,
             decoder,
             received: 0,
-            _reservation: reservation,
         })
     }
 }
@@ -193,7 +181,7 @@ impl byte_stream_server::ByteStream for ByteStream {
             };
             return Ok(committed(size));
         }
-        let mut upload = match self.take_parked(&resource) {
+        let mut upload = match self.parked.take(&resource) {
             Some(upload) if upload.received as i64 == message.write_offset => upload,
             _ if message.write_offset == 0 => self.start_upload(&name).await?,
             _ => {
@@ -226,11 +214,11 @@ impl byte_stream_server::ByteStream for ByteStream {
                 Ok(Some(next)) => message = next,
                 Ok(None) => {
                     let received = upload.received;
-                    self.park(resource, upload);
+                    self.parked.park(resource, upload);
                     return Ok(committed(received as i64));
                 }
                 Err(status) => {
-                    self.park(resource, upload);
+                    self.parked.park(resource, upload);
                     return Err(status);
                 }
             }
@@ -256,10 +244,9 @@ impl byte_stream_server::ByteStream for ByteStream {
                 complete: true,
             }));
         }
-        let parked = self.parked.lock().unwrap_or_else(PoisonError::into_inner);
-        match parked.get(&resource) {
-            Some(upload) => Ok(Response::new(QueryWriteStatusResponse {
-                committed_size: upload.received as i64,
+        match self.parked.peek(&resource, |upload| upload.received) {
+            Some(received) => Ok(Response::new(QueryWriteStatusResponse {
+                committed_size: received as i64,
                 complete: false,
             })),
             None => Err(Status::not_found(format!("no upload in progress for {resource}"))),

@@ -2,25 +2,26 @@
 //!
 //! Batches answer per blob: one bad blob never fails the batch, and an empty batch is OK.
 
-use std::collections::HashSet;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
 use bazel_remote_apis::google::rpc;
 use bytes::Bytes;
+use casket_cache::{digest, digest_function};
 use casket_model::Digest;
-use casket_store::{BlobStoreExt, NewBlob};
-use futures::{Stream, StreamExt};
+use casket_store::NewBlob;
+use casket_tree::{Gaps, TreeError};
+use futures::Stream;
 use prost::Message;
 use tonic::{Code, Request, Response, Status};
 
 use super::metrics::Lookup;
-use super::{MAX_MESSAGE_BYTES, Namespace, Shared, digest, digest_function};
-use crate::status::{from_store, store_code};
+use super::{MAX_MESSAGE_BYTES, Shared};
+use crate::status::{from_cache, from_store, store_code};
 
-/// Blobs read at once for one BatchReadBlobs.
-const READ_CONCURRENCY: usize = 16;
+/// Directories read at once for one GetTree.
+const TREE_CONCURRENCY: usize = 16;
 
 /// Directories per GetTree response when the client sets no page size.
 const TREE_PAGE: usize = 4096;
@@ -58,12 +59,13 @@ impl reapi::content_addressable_storage_server::ContentAddressableStorage for Ca
         request: Request<reapi::FindMissingBlobsRequest>,
     ) -> Result<Response<reapi::FindMissingBlobsResponse>, Status> {
         let request = request.into_inner();
-        let function = digest_function(request.digest_function)?;
+        let function = digest_function(request.digest_function).map_err(from_cache)?;
         let digests = request
             .blob_digests
             .iter()
             .map(|d| digest(function, Some(d)))
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(from_cache)?;
         let missing = self
             .shared
             .namespace(&request.instance_name)
@@ -90,7 +92,7 @@ impl reapi::content_addressable_storage_server::ContentAddressableStorage for Ca
         if request.requests.is_empty() {
             return Ok(Response::new(reapi::BatchUpdateBlobsResponse::default()));
         }
-        let function = digest_function(request.digest_function)?;
+        let function = digest_function(request.digest_function).map_err(from_cache)?;
         let total: u64 = request.requests.iter().map(|r| r.data.len() as u64).sum();
         let limit = self.shared.max_batch_bytes;
         if total > limit {
@@ -99,27 +101,6 @@ impl reapi::content_addressable_storage_server::ContentAddressableStorage for Ca
             )));
         }
         let namespace = self.shared.namespace(&request.instance_name);
-        // Room is needed only for blobs not stored yet (with a quota; finding them touches the
-        // others, which a store would do anyway).
-        let needed = match &namespace.quota {
-            Some(_) => new_bytes(namespace, function, &request.requests).await?,
-            None => total,
-        };
-        // Out of room: every blob gets RESOURCE_EXHAUSTED, as the spec asks, and none is stored.
-        let _reservation = match namespace.reserve(needed).await {
-            Ok(reservation) => reservation,
-            Err(status) => {
-                let responses = request
-                    .requests
-                    .into_iter()
-                    .map(|blob| reapi::batch_update_blobs_response::Response {
-                        digest: blob.digest,
-                        status: rpc_status(status.code(), status.message()),
-                    })
-                    .collect();
-                return Ok(Response::new(reapi::BatchUpdateBlobsResponse { responses }));
-            }
-        };
         let mut responses = Vec::with_capacity(request.requests.len());
         let mut accepted = Vec::new();
         for blob in request.requests {
@@ -130,7 +111,7 @@ impl reapi::content_addressable_storage_server::ContentAddressableStorage for Ca
             let declared = match digest(function, blob.digest.as_ref()) {
                 Ok(d) => d,
                 Err(e) => {
-                    responses.push(response(rpc_status(Code::InvalidArgument, e.message())));
+                    responses.push(response(rpc_status(Code::InvalidArgument, e.to_string())));
                     continue;
                 }
             };
@@ -150,7 +131,9 @@ impl reapi::content_addressable_storage_server::ContentAddressableStorage for Ca
             ));
             responses.push(response(ok_status()));
         }
-        // The store hashes each blob once and refuses those that do not match their digest.
+        // The store hashes each blob once and refuses those that do not match their digest; a
+        // store under a quota refuses the whole batch (every blob RESOURCE_EXHAUSTED, as the
+        // spec asks, none stored) when its new blobs do not fit.
         let (indices, blobs): (Vec<usize>, Vec<NewBlob>) = accepted.into_iter().unzip();
         match namespace.blobs.put_many(function, blobs).await {
             Ok(results) => {
@@ -174,7 +157,7 @@ impl reapi::content_addressable_storage_server::ContentAddressableStorage for Ca
         request: Request<reapi::BatchReadBlobsRequest>,
     ) -> Result<Response<reapi::BatchReadBlobsResponse>, Status> {
         let request = request.into_inner();
-        let function = digest_function(request.digest_function)?;
+        let function = digest_function(request.digest_function).map_err(from_cache)?;
         let total: u64 = request
             .digests
             .iter()
@@ -190,7 +173,7 @@ impl reapi::content_addressable_storage_server::ContentAddressableStorage for Ca
         let parsed: Vec<Result<Digest, Status>> = request
             .digests
             .iter()
-            .map(|d| digest(function, Some(d)))
+            .map(|d| digest(function, Some(d)).map_err(from_cache))
             .collect();
         let valid: Vec<Digest> = parsed.iter().filter_map(|d| d.as_ref().ok().copied()).collect();
         // The whole batch is read in one blocking task.
@@ -232,8 +215,8 @@ impl reapi::content_addressable_storage_server::ContentAddressableStorage for Ca
         request: Request<reapi::GetTreeRequest>,
     ) -> Result<Response<TreeStream>, Status> {
         let request = request.into_inner();
-        let function = digest_function(request.digest_function)?;
-        let root = digest(function, request.root_digest.as_ref())?;
+        let function = digest_function(request.digest_function).map_err(from_cache)?;
+        let root = digest(function, request.root_digest.as_ref()).map_err(from_cache)?;
         let start: usize = match request.page_token.as_str() {
             "" => 0,
             token => token
@@ -302,59 +285,35 @@ impl reapi::content_addressable_storage_server::ContentAddressableStorage for Ca
     }
 }
 
-/// The bytes of the distinct, validly named blobs of `requests` that `namespace` lacks.
-async fn new_bytes(
-    namespace: &Namespace,
-    function: casket_model::DigestFunction,
-    requests: &[reapi::batch_update_blobs_request::Request],
-) -> Result<u64, Status> {
-    let declared: HashSet<Digest> = requests
-        .iter()
-        .filter_map(|r| digest(function, r.digest.as_ref()).ok())
-        .collect();
-    let declared: Vec<Digest> = declared.into_iter().collect();
-    let missing = namespace
-        .blobs
-        .find_missing(&declared)
+/// Every directory of the tree under `root` that the store has, breadth first, each once:
+/// parts of a partial tree are returned, a missing or invalid root is an error, and so is any
+/// store failure.
+async fn tree_breadth_first(
+    namespace: &casket_cache::Namespace,
+    root: &Digest,
+) -> Result<Vec<reapi::Directory>, Status> {
+    let walk = casket_tree::walk(namespace.blobs.as_ref(), root, TREE_CONCURRENCY, Gaps::Skip)
         .await
-        .map_err(from_store)?;
-    Ok(missing.iter().map(Digest::size).sum())
+        .map_err(|e| from_cache(e.into()))?;
+    if let Some(gap) = walk.gaps().iter().find(|gap| gap_digest(gap) == Some(root)) {
+        let code = match gap {
+            TreeError::MissingDirectory { .. } => Code::NotFound,
+            _ => Code::InvalidArgument,
+        };
+        return Err(Status::new(code, format!("root directory: {gap}")));
+    }
+    Ok(walk
+        .directories()
+        .map(|(_, directory)| directory.to_proto())
+        .collect())
 }
 
-/// Every directory of the tree under `root` that the store has, breadth first, each once.
-/// NOT_FOUND only when the root itself is missing; parts of a partial tree are returned.
-async fn tree_breadth_first(namespace: &Namespace, root: &Digest) -> Result<Vec<reapi::Directory>, Status> {
-    let mut seen = HashSet::from([*root]);
-    let mut out = Vec::new();
-    let mut level = vec![*root];
-    while !level.is_empty() {
-        let fetched: Vec<(Digest, Option<Bytes>)> = futures::stream::iter(level)
-            .map(|d| async move { (d, namespace.blobs.get_bytes(&d).await.ok().flatten()) })
-            .buffered(READ_CONCURRENCY)
-            .collect()
-            .await;
-        level = Vec::new();
-        for (digest, bytes) in fetched {
-            let Some(bytes) = bytes else {
-                if digest == *root {
-                    return Err(Status::not_found(format!("root directory {digest} not found")));
-                }
-                continue;
-            };
-            let proto = reapi::Directory::decode(bytes.as_ref())
-                .map_err(|e| Status::invalid_argument(format!("{digest} is not a Directory: {e}")))?;
-            for child in &proto.directories {
-                if let Some(child) = child
-                    .digest
-                    .as_ref()
-                    .and_then(|d| Digest::from_proto(digest.function(), d).ok())
-                    && seen.insert(child)
-                {
-                    level.push(child);
-                }
-            }
-            out.push(proto);
+/// The directory a walk's gap is about.
+fn gap_digest(gap: &TreeError) -> Option<&Digest> {
+    match gap {
+        TreeError::MissingDirectory { digest, .. } | TreeError::InvalidDirectory { digest, .. } => {
+            Some(digest)
         }
+        _ => None,
     }
-    Ok(out)
 }

@@ -178,12 +178,6 @@ impl Metrics {
         }
     }
 
-    /// Counts an eviction round.
-    pub(crate) fn evicted(&self, blobs: u64, bytes: u64) {
-        self.evicted_blobs.inc_by(blobs);
-        self.evicted_bytes.inc_by(bytes);
-    }
-
     /// Records a namespace's usage (called when scraped).
     pub(crate) fn set_store(&self, namespace: &str, blobs: u64, bytes: u64, quota: Option<u64>) {
         let labels = NamespaceLabels {
@@ -258,6 +252,14 @@ impl Metrics {
                 tracing::info!(method, ?code, ms, sent, client, "request refused");
             }
         }
+    }
+}
+
+/// Evictions by the quota.
+impl casket_cache::EvictionListener for Metrics {
+    fn evicted(&self, blobs: u64, bytes: u64) {
+        self.evicted_blobs.inc_by(blobs);
+        self.evicted_bytes.inc_by(bytes);
     }
 }
 

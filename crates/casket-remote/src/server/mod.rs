@@ -1,8 +1,9 @@
 //! `casket serve`: the gRPC services over shared [`Namespaces`], behind access and metrics layers.
 //!
-//! Each service module only translates between the protocol and the store: decode, validate,
-//! call the store, encode. Limits are constants here, so that Capabilities advertises exactly
-//! what the server enforces.
+//! Each service module only translates between the protocol and the cache layer
+//! (`casket_cache`): decode, call, encode, map errors. Cache policy (what a hit is, the quota,
+//! expiry) lives in the cache layer. Limits are constants here, so that Capabilities advertises
+//! exactly what the server enforces, and `limits.rs` answers over-size messages as REAPI says.
 
 mod access;
 mod action_cache;
@@ -10,13 +11,11 @@ mod asset;
 mod bytestream;
 mod capabilities;
 mod cas;
+mod limits;
 mod metrics;
 mod monitoring;
-mod quota;
 mod reference;
-mod retention;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,22 +24,19 @@ use bazel_remote_apis::build::bazel::remote::asset::v1::fetch_server::FetchServe
 use bazel_remote_apis::build::bazel::remote::asset::v1::push_server::PushServer;
 use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
 use bazel_remote_apis::google::bytestream::byte_stream_server::ByteStreamServer;
-use casket_model::{Digest, DigestFunction};
-use casket_store::{BlobStore, DiskRecords, DiskRefs, DiskStore, RecordStore, RefStore};
+use casket_cache::{Namespace, Namespaces};
 use reapi::action_cache_server::ActionCacheServer;
 use reapi::capabilities_server::CapabilitiesServer;
 use reapi::content_addressable_storage_server::ContentAddressableStorageServer;
 use tokio::net::TcpListener;
-use tonic::Status;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 pub use access::{Access, AccessPolicy, TokenFileError};
 pub use metrics::Metrics;
 pub use monitoring::serve_monitoring;
-pub use quota::{Quota, QuotaOptions, Reservation};
-pub use retention::{Bucket, RetentionOptions, RetentionReport, expire};
 
 use access::AccessLayer;
+use limits::LimitsLayer;
 use metrics::MetricsLayer;
 
 use crate::proto::buildstream::reference_storage_server::ReferenceStorageServer;
@@ -57,82 +53,6 @@ const STREAM_WINDOW_BYTES: u32 = 8 << 20;
 
 /// Bytes per ByteStream ReadResponse.
 pub const READ_CHUNK_BYTES: usize = 1 << 20;
-
-/// The stores behind one namespace. Instance names map to namespaces (see [`Namespaces`]).
-#[derive(Clone, Debug)]
-pub struct Namespace {
-    /// The content-addressable store.
-    pub blobs: Arc<dyn BlobStore>,
-    /// BuildStream refs.
-    pub refs: Arc<dyn RefStore>,
-    /// REAPI action results, keyed by [`casket_store::action_key`].
-    pub action_cache: Arc<dyn RecordStore>,
-    /// Remote Asset entries.
-    pub assets: Arc<dyn RecordStore>,
-    /// The store's quota and exact usage, for disk stores: every write reserves its space
-    /// here first.
-    pub quota: Option<Arc<Quota>>,
-    /// What the store is, for `/status` (its directory, for a disk store).
-    pub description: String,
-}
-
-impl Namespace {
-    /// Serves `store`, with its refs, action results and assets beside it, and no quota.
-    pub fn on_disk(store: &DiskStore) -> Self {
-        Namespace {
-            blobs: Arc::new(store.clone()),
-            refs: Arc::new(DiskRefs::new(store)),
-            action_cache: Arc::new(DiskRecords::new(store, "ac")),
-            assets: Arc::new(DiskRecords::new(store, "assets")),
-            quota: None,
-            description: store.root().display().to_string(),
-        }
-    }
-
-    /// Reserves room for `bytes` of new blob data, evicting if the quota needs it; the
-    /// reservation lasts until the returned guard is dropped (after the write).
-    pub(crate) async fn reserve(&self, bytes: u64) -> Result<Option<Reservation>, Status> {
-        match &self.quota {
-            Some(quota) => quota.reserve(bytes).await.map(Some),
-            None => Ok(None),
-        }
-    }
-}
-
-/// Which namespace serves each instance name: the named ones from the configuration, and the
-/// default one for every other instance name (including the empty one).
-#[derive(Clone, Debug)]
-pub struct Namespaces {
-    default: Namespace,
-    by_instance: HashMap<String, Namespace>,
-}
-
-impl Namespaces {
-    /// Every instance name served by `default`.
-    pub fn new(default: Namespace) -> Self {
-        Namespaces {
-            default,
-            by_instance: HashMap::new(),
-        }
-    }
-
-    /// Serves `instance` from `namespace` instead of the default one.
-    pub fn insert(&mut self, instance: impl Into<String>, namespace: Namespace) {
-        self.by_instance.insert(instance.into(), namespace);
-    }
-
-    /// The namespace serving `instance`.
-    pub(crate) fn get(&self, instance: &str) -> &Namespace {
-        self.by_instance.get(instance).unwrap_or(&self.default)
-    }
-
-    /// Every namespace, the default one first, with the instance name it serves (`None` for
-    /// the default).
-    pub(crate) fn all(&self) -> impl Iterator<Item = (Option<&str>, &Namespace)> {
-        std::iter::once((None, &self.default))
-            .chain(self.by_instance.iter().map(|(k, v)| (Some(k.as_str()), v)))
-    }
-}
 
 /// Server certificate and, optionally, client-certificate verification (mTLS).
 #[derive(Clone, Debug)]
@@ -165,7 +85,12 @@ pub struct ServerOptions {
     /// `ContentAddressableStorage/GetTree`): to switch off an expensive method, or to stand in
     /// for an older server.
     pub disabled_methods: Vec<String>,
+    /// How long an interrupted ByteStream upload is kept for resumption without being resumed.
+    pub upload_lifetime: Duration,
 }
+
+/// How long interrupted uploads are kept by default.
+pub const UPLOAD_LIFETIME: Duration = Duration::from_secs(600);
 
 impl Default for ServerOptions {
     fn default() -> Self {
@@ -175,6 +100,7 @@ impl Default for ServerOptions {
             remote_asset: true,
             max_batch_bytes: MAX_BATCH_BYTES,
             disabled_methods: Vec::new(),
+            upload_lifetime: UPLOAD_LIFETIME,
         }
     }
 }
@@ -186,6 +112,8 @@ pub(crate) struct Shared {
     pub(crate) metrics: Arc<Metrics>,
     /// The batch limit in force.
     pub(crate) max_batch_bytes: u64,
+    /// How long interrupted uploads are kept.
+    pub(crate) upload_lifetime: Duration,
 }
 
 impl Shared {
@@ -193,18 +121,6 @@ impl Shared {
     pub(crate) fn namespace(&self, instance: &str) -> &Namespace {
         self.namespaces.get(instance)
     }
-}
-
-/// The digest function a request names (`UNKNOWN` means SHA-256).
-pub(crate) fn digest_function(value: i32) -> Result<DigestFunction, Status> {
-    DigestFunction::from_proto(value)
-        .ok_or_else(|| Status::invalid_argument(format!("unsupported digest function {value}")))
-}
-
-/// A wire digest, validated.
-pub(crate) fn digest(function: DigestFunction, d: Option<&reapi::Digest>) -> Result<Digest, Status> {
-    let d = d.ok_or_else(|| Status::invalid_argument("a digest is required"))?;
-    Digest::from_proto(function, d).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
 /// A TLS configuration error.
@@ -231,6 +147,7 @@ pub async fn serve(
         namespaces,
         metrics: metrics.clone(),
         max_batch_bytes: options.max_batch_bytes.min(MAX_BATCH_BYTES),
+        upload_lifetime: options.upload_lifetime,
     });
     let (_health_reporter, health) = tonic_health::server::health_reporter();
     // Nagle's algorithm with delayed ACKs stalls each small response by about 40 ms; the
@@ -249,6 +166,7 @@ pub async fn serve(
     builder
         .layer(MetricsLayer::new(metrics))
         .layer(AccessLayer::new(options.access, options.disabled_methods))
+        .layer(LimitsLayer::new(shared.max_batch_bytes))
         .add_service(health)
         .add_service(CapabilitiesServer::new(capabilities::Capabilities::new(
             shared.clone(),

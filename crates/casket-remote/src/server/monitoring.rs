@@ -10,7 +10,9 @@ use axum::response::{IntoResponse, Json};
 use axum::routing::get;
 use tokio::net::TcpListener;
 
-use super::{Metrics, Namespaces};
+use casket_cache::Namespaces;
+
+use super::Metrics;
 
 #[derive(Clone)]
 struct Monitored {

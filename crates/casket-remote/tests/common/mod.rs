@@ -3,9 +3,8 @@
 
 use std::sync::Arc;
 
-use casket_remote::server::{
-    Access, AccessPolicy, Metrics, Namespace, Namespaces, Quota, QuotaOptions, ServerOptions, bind, serve,
-};
+use casket_cache::{Namespace, Namespaces, Quota, QuotaOptions};
+use casket_remote::server::{Access, AccessPolicy, Metrics, ServerOptions, bind, serve};
 use casket_store::{DiskOptions, DiskStore};
 use tonic::transport::Channel;
 
@@ -50,9 +49,8 @@ pub async fn start_with(options: ServerOptions, quota: Option<QuotaOptions>) -> 
     let metrics = Arc::new(Metrics::new());
     let mut namespace = Namespace::on_disk(&store);
     if let Some(quota) = quota {
-        namespace.quota = Some(Arc::new(
-            Quota::new(&store, quota, metrics.clone()).await.unwrap(),
-        ));
+        let quota = Quota::new(&store, quota, metrics.clone()).await.unwrap();
+        namespace = namespace.with_quota(Arc::new(quota));
     }
     start_on(dir, store, Namespaces::new(namespace), options, metrics).await
 }

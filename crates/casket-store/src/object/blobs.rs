@@ -13,7 +13,6 @@
 
 use std::cmp::Ordering;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -26,7 +25,7 @@ use object_store::{
 };
 
 use super::existence::{ExistenceCache, ExistenceCacheOptions, ExistenceStats};
-use crate::blob_store::{BlobStore, BlobStream, BlobWriter, NewBlob, ReadRange, Usage};
+use crate::blob_store::{BlobStore, BlobStream, BlobWriter, ListedBlob, NewBlob, ReadRange, Usage};
 use crate::error::{Result, StoreError};
 
 /// Requests sent at once by one batch operation (existence checks, batched puts and gets).
@@ -56,15 +55,6 @@ pub struct ObjectStoreBlobs {
     store: Arc<dyn ObjectStore>,
     prefix: Path,
     existence: Arc<ExistenceCache>,
-}
-
-/// One stored blob as listed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ListedBlob {
-    /// The blob.
-    pub digest: Digest,
-    /// When it was last written.
-    pub written: SystemTime,
 }
 
 impl ObjectStoreBlobs {
@@ -112,39 +102,6 @@ impl ObjectStoreBlobs {
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(e.into()),
         }
-    }
-
-    /// Every stored blob with the time it was written, in key order, for `casket gc`.
-    pub fn list_blobs(&self) -> BoxStream<'_, Result<ListedBlob>> {
-        let prefix = self.cas_prefix();
-        self.store
-            .list(Some(&prefix))
-            .map_err(StoreError::from)
-            .try_filter_map(move |meta| {
-                let listed = listed_digest(&prefix, &meta).map(|digest| ListedBlob {
-                    digest,
-                    written: meta.last_modified.into(),
-                });
-                async move { Ok(listed) }
-            })
-            .boxed()
-    }
-
-    /// Removes `digests` with bulk deletes (up to 1,000 keys per request on S3), without
-    /// checking first that they exist; for `casket gc`.
-    pub async fn delete_many(&self, digests: &[Digest]) -> Result<()> {
-        for digest in digests {
-            self.existence.remove(digest);
-        }
-        let keys: Vec<object_store::Result<Path>> = digests.iter().map(|d| Ok(self.key(d))).collect();
-        self.store
-            .delete_stream(futures::stream::iter(keys).boxed())
-            .try_for_each(|_| async { Ok(()) })
-            .await
-            .or_else(|e| match e {
-                object_store::Error::NotFound { .. } => Ok(()),
-                e => Err(e.into()),
-            })
     }
 
     /// Which of `digests` are absent, asking the object store about every one (no cache).
@@ -325,6 +282,38 @@ fn merge_listing(wanted: &[Digest], listed: &[ObjectMeta]) -> Vec<Digest> {
 
 #[async_trait]
 impl BlobStore for ObjectStoreBlobs {
+    /// In key order.
+    fn list_blobs(&self) -> BoxStream<'_, Result<ListedBlob>> {
+        let prefix = self.cas_prefix();
+        self.store
+            .list(Some(&prefix))
+            .map_err(StoreError::from)
+            .try_filter_map(move |meta| {
+                let listed = listed_digest(&prefix, &meta).map(|digest| ListedBlob {
+                    digest,
+                    written: meta.last_modified.into(),
+                });
+                async move { Ok(listed) }
+            })
+            .boxed()
+    }
+
+    /// Bulk deletes: up to 1,000 keys per request on S3.
+    async fn delete_many(&self, digests: &[Digest]) -> Result<()> {
+        for digest in digests {
+            self.existence.remove(digest);
+        }
+        let keys: Vec<object_store::Result<Path>> = digests.iter().map(|d| Ok(self.key(d))).collect();
+        self.store
+            .delete_stream(futures::stream::iter(keys).boxed())
+            .try_for_each(|_| async { Ok(()) })
+            .await
+            .or_else(|e| match e {
+                object_store::Error::NotFound { .. } => Ok(()),
+                e => Err(e.into()),
+            })
+    }
+
     async fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>> {
         let unknown: Vec<Digest> = digests
             .iter()

@@ -7,7 +7,7 @@ mod existence;
 mod records;
 mod s3;
 
-pub use blobs::{ListedBlob, ObjectStoreBlobs};
+pub use blobs::ObjectStoreBlobs;
 pub use existence::{ExistenceCacheOptions, ExistenceStats};
 pub use records::{ObjectRecords, ObjectRefs, TOUCH_INTERVAL};
 pub use s3::S3Options;

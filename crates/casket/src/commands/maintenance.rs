@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
-use casket_remote::server::{Bucket, RetentionOptions, expire};
+use casket_cache::config::open_bucket;
+use casket_cache::retention::{RetentionOptions, expire};
 
 use casket_tree::maintenance::{FsckOptions, GcOptions};
 use clap::Args;
@@ -14,7 +15,6 @@ use serde_json::json;
 use super::{Context, print_json};
 use crate::config::ServeConfig;
 use crate::progress::Bar;
-use crate::stores::ObjectBucket;
 use crate::units::{format_size, parse_duration, parse_size};
 use casket_store::RefStore;
 
@@ -63,40 +63,38 @@ pub struct FsckArgs {
     json: bool,
 }
 
-/// Expires a bucket by retention: see `casket_remote::server::expire`.
+/// Expires a bucket by retention: see `casket_cache::retention`.
 pub async fn expire_bucket(args: GcArgs) -> anyhow::Result<ExitCode> {
     let (Some(retention), Some(path)) = (args.retention, &args.config) else {
         bail!("--retention needs --config");
     };
     let config = ServeConfig::load(path)?;
-    let bucket = config.store.as_ref().and_then(ObjectBucket::of).ok_or_else(|| {
-        anyhow!(
-            "{}: [store] is not a bucket (kind s3, or tiered with an s3 far tier)",
-            path.display()
-        )
-    })??;
+    let s3 = config
+        .store
+        .as_ref()
+        .and_then(|store| store.bucket())
+        .ok_or_else(|| {
+            anyhow!(
+                "{}: [store] is not a bucket (kind s3, or tiered with an s3 far tier)",
+                path.display()
+            )
+        })?;
+    let bucket = open_bucket(s3)?;
     let options = RetentionOptions {
         retention,
         grace: args.grace,
         dry_run: args.dry_run,
     };
-    let report = expire(
-        Bucket {
-            blobs: &bucket.blobs,
-            refs: &bucket.refs,
-            action_cache: &bucket.action_cache,
-            assets: &bucket.assets,
-        },
-        options,
-    )
-    .await
-    .with_context(|| format!("cannot expire {}", bucket.description))?;
+    let report = expire(&bucket, options)
+        .await
+        .with_context(|| format!("cannot expire {}", bucket.description))?;
     if args.json {
         return print_json(&json!({
             "bucket": bucket.description,
             "dry_run": args.dry_run,
             "roots_kept": report.roots_kept,
             "roots_removed": report.roots_removed,
+            "roots_unreadable": report.roots_unreadable,
             "blobs_listed": report.blobs_listed,
             "blobs_reachable": report.blobs_reachable,
             "blobs_recent": report.blobs_recent,

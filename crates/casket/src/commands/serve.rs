@@ -7,16 +7,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use casket_cache::config::{OpenOptions, StoreConfig, open_namespace};
+use casket_cache::{Namespaces, QuotaOptions};
 use casket_remote::server::{
-    Access, AccessPolicy, MAX_BATCH_BYTES, Metrics, Namespaces, QuotaOptions, ServerOptions, TlsOptions,
-    bind, serve as run_server, serve_monitoring,
+    Access, AccessPolicy, MAX_BATCH_BYTES, Metrics, ServerOptions, TlsOptions, UPLOAD_LIFETIME, bind,
+    serve as run_server, serve_monitoring,
 };
 use clap::Args;
 use tokio::sync::watch;
 
 use crate::Global;
-use crate::config::{ServeConfig, StoreConfig, TlsConfig};
-use crate::stores::open_namespace;
+use crate::config::{ServeConfig, TlsConfig};
 use crate::units::{format_size, parse_duration, parse_size};
 
 /// Arguments of `casket serve`. Each overrides the configuration file.
@@ -67,6 +68,10 @@ pub struct ServeArgs {
     /// Answer a method with UNIMPLEMENTED, e.g. ContentAddressableStorage/GetTree (repeatable).
     #[arg(long, value_name = "SERVICE/METHOD")]
     disable_method: Vec<String>,
+    /// Drop an interrupted upload (its partial write and the room it holds) after this long
+    /// without being resumed [default: 10m].
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    upload_lifetime: Option<Duration>,
 }
 
 /// Everything `serve` needs, merged from flags, environment, file and defaults.
@@ -140,6 +145,10 @@ impl Settings {
                     .or(config.max_batch_size)
                     .unwrap_or(MAX_BATCH_BYTES),
                 disabled_methods: [args.disable_method, config.disabled_methods].concat(),
+                upload_lifetime: args
+                    .upload_lifetime
+                    .or(config.upload_lifetime)
+                    .unwrap_or(UPLOAD_LIFETIME),
             },
             quota: QuotaOptions {
                 limit: args.quota.or(config.quota),
@@ -172,18 +181,26 @@ impl Settings {
 pub async fn serve(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let settings = Settings::merge(global, args)?;
     let metrics = Arc::new(Metrics::new());
-    let default = open_namespace(&settings.store, settings.quota, global.fsync, &metrics).await?;
+    let options = OpenOptions {
+        quota: settings.quota,
+        fsync: global.fsync,
+        listener: metrics.clone(),
+    };
+    let default = open_namespace(&settings.store, &options).await?;
     let serving = default.description.clone();
     let mut namespaces = Namespaces::new(default);
     for (instance, store) in &settings.instances {
-        let quota = QuotaOptions {
-            limit: None,
-            ..settings.quota
+        let options = OpenOptions {
+            quota: QuotaOptions {
+                limit: None,
+                ..settings.quota
+            },
+            ..options.clone()
         };
-        namespaces.insert(
-            instance.clone(),
-            open_namespace(store, quota, global.fsync, &metrics).await?,
-        );
+        let namespace = open_namespace(store, &options)
+            .await
+            .with_context(|| format!("instance {instance:?}"))?;
+        namespaces.insert(instance.clone(), namespace);
     }
     let namespaces = Arc::new(namespaces);
 
