@@ -207,3 +207,62 @@ async fn instance_names_map_to_their_own_stores() {
         assert!(metrics.contains(line), "{line} not in\n{metrics}");
     }
 }
+
+/// Sends the first `len` bytes of an upload of `data` under `upload`, then ends the stream
+/// without finishing: the server parks the upload.
+async fn interrupted_put(server: &Server, upload: &str, digest: &Digest, data: &[u8], len: usize) {
+    let response = ByteStreamClient::new(server.channel.clone())
+        .write(futures::stream::iter([bs::WriteRequest {
+            resource_name: format!("uploads/{upload}/blobs/{digest}"),
+            write_offset: 0,
+            finish_write: false,
+            data: data[..len].to_vec(),
+        }]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(response.committed_size, len as i64);
+}
+
+#[tokio::test]
+async fn an_abandoned_upload_frees_its_room_and_a_resumed_one_completes() {
+    let limit = 256 << 10;
+    let options = ServerOptions {
+        upload_lifetime: Duration::from_secs(1),
+        ..writable()
+    };
+    let server = start_with(options, quota(limit, Duration::from_secs(3600))).await;
+    // An upload holding 160 KiB of the 256 KiB quota is abandoned halfway.
+    let (abandoned, data) = blob(5, 160 << 10);
+    interrupted_put(&server, "a", &abandoned, &data, 80 << 10).await;
+    let (other, other_data) = blob(6, 160 << 10);
+    let refused = stream_put(&server, &other, &other_data).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "the room is held: {refused:?}");
+
+    // A resumption within the lifetime still works.
+    let (resumed, resumed_data) = blob(7, 64 << 10);
+    interrupted_put(&server, "r", &resumed, &resumed_data, 32 << 10).await;
+    let done = ByteStreamClient::new(server.channel.clone())
+        .write(futures::stream::iter([bs::WriteRequest {
+            resource_name: format!("uploads/r/blobs/{resumed}"),
+            write_offset: 32 << 10,
+            finish_write: true,
+            data: resumed_data[32 << 10..].to_vec(),
+        }]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(done.committed_size, resumed_data.len() as i64);
+
+    // Past the lifetime, the abandoned upload is gone and its room with it.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let status = ByteStreamClient::new(server.channel.clone())
+        .query_write_status(bs::QueryWriteStatusRequest {
+            resource_name: format!("uploads/a/blobs/{abandoned}"),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    assert_eq!(stream_put(&server, &other, &other_data).await.unwrap(), other_data.len() as i64);
+    assert!(!server.store.contains(&abandoned).await.unwrap());
+}

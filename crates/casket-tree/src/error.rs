@@ -74,6 +74,18 @@ pub enum TreeError {
     Task(String),
 }
 
+impl TreeError {
+    /// Whether this is about what a tree lacks rather than a failure to look: a directory that
+    /// is missing, stored with another size than its parent names, or invalid.
+    pub fn is_gap(&self) -> bool {
+        match self {
+            TreeError::MissingDirectory { .. } | TreeError::InvalidDirectory { .. } => true,
+            TreeError::Store { source, .. } => matches!(**source, StoreError::SizeMismatch { .. }),
+            _ => false,
+        }
+    }
+}
+
 /// Shorthand for results of this crate.
 pub type Result<T, E = TreeError> = std::result::Result<T, E>;
 

@@ -8,8 +8,8 @@ use futures::{StreamExt, TryStreamExt};
 
 use crate::error::{Result, TreeError, join, store_error};
 
-/// What a walk does with a directory it cannot use: one the store does not have (or has with
-/// another size), or one that is not a valid canonical `Directory`.
+/// What a walk does with a directory it cannot use ([`TreeError::is_gap`]): one the store does
+/// not have (or has with another size), or one that is not a valid canonical `Directory`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Gaps {
     /// Fail on the first, naming its path.
@@ -28,7 +28,7 @@ pub struct Walk {
     /// Found directories in breadth-first order, each once.
     order: Vec<Digest>,
     directories: HashMap<Digest, Directory>,
-    /// Directories skipped ([`Gaps::Skip`]): `MissingDirectory` or `InvalidDirectory`.
+    /// Directories skipped ([`Gaps::Skip`]), as errors for which [`TreeError::is_gap`] holds.
     gaps: Vec<TreeError>,
 }
 
@@ -80,7 +80,7 @@ impl Walk {
         self.order.iter().map(|d| (d, &self.directories[d]))
     }
 
-    /// The directories that were skipped, as `MissingDirectory` or `InvalidDirectory`.
+    /// The directories that were skipped (see [`TreeError::is_gap`]).
     pub fn gaps(&self) -> &[TreeError] {
         &self.gaps
     }
@@ -121,7 +121,7 @@ impl Tree {
     pub async fn problem(store: &dyn BlobStore, root: &Digest) -> Result<Option<TreeError>> {
         match Tree::load(store, root, crate::default_concurrency()).await {
             Ok(tree) => tree.first_missing(store).await,
-            Err(e @ (TreeError::MissingDirectory { .. } | TreeError::InvalidDirectory { .. })) => Ok(Some(e)),
+            Err(e) if e.is_gap() => Ok(Some(e)),
             Err(e) => Err(e),
         }
     }
@@ -236,7 +236,7 @@ async fn missing_of(store: &dyn BlobStore, digests: impl Iterator<Item = Digest>
 }
 
 /// Fetches one directory: `Err` for store failures, `Ok` with a gap for a directory that is
-/// absent (or stored with another size) or invalid.
+/// absent, stored with another size than its parent says, or invalid.
 async fn fetch_directory(
     store: &dyn BlobStore,
     path: String,
@@ -244,11 +244,16 @@ async fn fetch_directory(
 ) -> Result<(String, Digest, Result<Directory>)> {
     let bytes = match store.get_bytes(&digest).await {
         Ok(Some(bytes)) => bytes,
-        Ok(None) | Err(StoreError::SizeMismatch { .. }) => {
+        Ok(None) => {
             let gap = TreeError::MissingDirectory {
                 path: path.clone(),
                 digest,
             };
+            return Ok((path, digest, Err(gap)));
+        }
+        // A parent that names the wrong size names a directory that is not there.
+        Err(e @ StoreError::SizeMismatch { .. }) => {
+            let gap = store_error(path.clone())(e);
             return Ok((path, digest, Err(gap)));
         }
         Err(e) => return Err(store_error(path)(e)),

@@ -295,10 +295,10 @@ async fn tree_breadth_first(
     let walk = casket_tree::walk(namespace.blobs.as_ref(), root, TREE_CONCURRENCY, Gaps::Skip)
         .await
         .map_err(|e| from_cache(e.into()))?;
-    if let Some(gap) = walk.gaps().iter().find(|gap| gap_digest(gap) == Some(root)) {
+    if let Some(gap) = walk.gaps().iter().find(|gap| gap_path(gap) == Some(".")) {
         let code = match gap {
-            TreeError::MissingDirectory { .. } => Code::NotFound,
-            _ => Code::InvalidArgument,
+            TreeError::InvalidDirectory { .. } => Code::InvalidArgument,
+            _ => Code::NotFound,
         };
         return Err(Status::new(code, format!("root directory: {gap}")));
     }
