@@ -308,12 +308,12 @@ async fn tree_breadth_first(
         .collect())
 }
 
-/// The directory a walk's gap is about.
-fn gap_digest(gap: &TreeError) -> Option<&Digest> {
+/// Where in the tree a walk's gap is.
+fn gap_path(gap: &TreeError) -> Option<&str> {
     match gap {
-        TreeError::MissingDirectory { digest, .. } | TreeError::InvalidDirectory { digest, .. } => {
-            Some(digest)
-        }
+        TreeError::MissingDirectory { path, .. }
+        | TreeError::InvalidDirectory { path, .. }
+        | TreeError::Store { path, .. } => Some(path),
         _ => None,
     }
 }
