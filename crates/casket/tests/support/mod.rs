@@ -1,10 +1,11 @@
-//! Shared helpers for the CLI's integration tests: running the binary, generating trees with
-//! the shared generator, and finding real peers.
+//! Shared helpers for the CLI's integration tests: running the binary, generating trees, and
+//! finding real peers.
 #![allow(dead_code, clippy::unwrap_used, clippy::missing_panics_doc)]
 
 pub(crate) mod garage;
 #[path = "../../../casket-vdir/tests/common/peers.rs"]
 mod peers;
+pub(crate) mod tree;
 
 pub(crate) use peers::{peer_available, shared_dir};
 
@@ -34,27 +35,6 @@ pub(crate) fn ok(cmd: &mut Command) -> String {
 /// Runs `cmd` and returns its whole output, whatever the exit status.
 pub(crate) fn run(cmd: &mut Command) -> Output {
     cmd.output().unwrap()
-}
-
-/// Generates a deterministic tree with the shared `gen_tree.py` (any Python 3).
-pub(crate) fn gen_tree(out: &Path, args: &[&str]) {
-    let script = shared_dir().join("peers/gen_tree.py");
-    assert!(
-        script.exists(),
-        "{} is missing: set CASKET_SHARED",
-        script.display()
-    );
-    let status = Command::new("python3")
-        .arg(&script)
-        .arg(out)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        status.status.success(),
-        "gen_tree failed: {}",
-        String::from_utf8_lossy(&status.stderr)
-    );
 }
 
 /// Checks that BuildStream 1.6.8 is importable by Debian's Python and the shared client exists.
