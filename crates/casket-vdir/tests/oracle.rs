@@ -11,6 +11,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::{self, Write as _};
 use std::fs;
@@ -27,6 +29,7 @@ use casket_vdir::{
     CasDirectory, Directory, FileDirectory, ImportFilter, ImportOptions, ImportReport, Skipped, SpecialKind,
     VdirError,
 };
+use common::peers::{peer_available, shared_dir};
 use futures::StreamExt;
 use serde_json::Value;
 
@@ -1559,39 +1562,27 @@ async fn run_all(script: &Path, cases: Vec<Case>) -> Runs {
 // ---------------------------------------------------------------------------------------------
 // The peer, and the cases of cases.py.
 
-fn shared_dir() -> PathBuf {
-    std::env::var_os("CASKET_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared"))
-}
-
 /// The oracle script, or `None` (after saying so) when the test is to be skipped.
 fn oracle_script() -> Option<PathBuf> {
     let script = shared_dir().join("oracle/bst_import.py");
     let problem = if !script.is_file() {
-        Some(format!("{} not found; set CASKET_SHARED", script.display()))
+        Some(format!(
+            "{} not found; it is in the shared folder (../shared beside the project, or \
+             CASKET_SHARED)",
+            script.display()
+        ))
     } else {
         match Command::new(PYTHON).args(["-c", "import buildstream"]).output() {
             Ok(out) if out.status.success() => None,
             Ok(out) => Some(format!(
-                "`{PYTHON} -c 'import buildstream'` failed: {}",
+                "`{PYTHON} -c 'import buildstream'` failed: {}; it needs Debian's \
+                 python3-buildstream (apt-get install python3-buildstream)",
                 String::from_utf8_lossy(&out.stderr).trim()
             )),
             Err(e) => Some(format!("cannot run {PYTHON}: {e}")),
         }
     };
-    match problem {
-        None => Some(script),
-        Some(why) if std::env::var("CASKET_REQUIRE_PEERS").as_deref() == Ok("1") => panic!(
-            "CASKET_REQUIRE_PEERS=1 but peer buildstream1-oracle is unavailable ({why}); it \
-             needs the shared folder (../shared beside the project, or CASKET_SHARED) and \
-             Debian's python3-buildstream (apt-get install python3-buildstream)"
-        ),
-        Some(why) => {
-            eprintln!("SKIPPED: peer buildstream1-oracle unavailable ({why})");
-            None
-        }
-    }
+    peer_available("buildstream1-oracle", problem).then_some(script)
 }
 
 struct HandCases {

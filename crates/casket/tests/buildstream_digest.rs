@@ -1,13 +1,23 @@
 //! The root digest of a captured tree equals the one BuildStream 1.6.8 computes for the same
 //! tree (`CASCache._commit_directory`, via the shared `client.py import`). Needs the peer:
-//! Debian's `python3-buildstream`.
+//! Debian's `python3-buildstream`. The trees come from the shared `gen_tree.py`, the generator
+//! `cargo xtask bench-peers` runs both on; it also has the knobs this test needs for deep
+//! chains, empty files and no executables, which the tests' own `support/tree.rs` leaves out.
 #![allow(clippy::unwrap_used)]
 
 mod support;
 
 use std::process::Command;
 
-use support::{buildstream1, casket, gen_tree, ok, peer_available, shared_dir};
+use support::{buildstream1, casket, ok, peer_available, shared_dir};
+
+/// Generates the tree `args` describe into `out` with the shared `gen_tree.py`.
+fn gen_tree(out: &std::path::Path, args: &[&str]) {
+    ok(Command::new("python3")
+        .arg(shared_dir().join("peers/gen_tree.py"))
+        .arg(out)
+        .args(args));
+}
 
 /// Runs BuildStream's import of `src` into a fresh CAS and returns its root digest.
 fn buildstream_root(repo: &std::path::Path, src: &std::path::Path) -> String {

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
+use support::tree::Tree;
 use support::{casket, ok, run};
 
 fn json(cmd: &mut Command) -> Value {
@@ -102,19 +103,14 @@ fn concurrent_processes_capture_into_one_store() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     let src = dir.path().join("src");
-    support::gen_tree(
-        &src,
-        &[
-            "--files",
-            "3000",
-            "--size",
-            "3000",
-            "--dirs",
-            "30",
-            "--large",
-            "2:5000000",
-        ],
-    );
+    Tree {
+        files: 3000,
+        size: 3000,
+        dirs: 30,
+        large: (2, 5_000_000),
+        ..Tree::default()
+    }
+    .write(&src);
     let children: Vec<_> = (0..4)
         .map(|_| {
             casket(&store)
@@ -137,6 +133,56 @@ fn concurrent_processes_capture_into_one_store() {
     let report = json(casket(&store).args(["fsck", "--json"]));
     assert_eq!(report["clean"], true, "{report}");
     assert_eq!(report["blobs"], 3000 + 2 + 31, "every blob stored exactly once");
+}
+
+#[test]
+fn the_tests_tree_generator_is_deterministic_and_shaped_as_documented() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let knobs = Tree {
+        files: 500,
+        size: 10,
+        dirs: 20,
+        large: (1, 100_000),
+        seed: 1,
+    };
+    let roots: Vec<String> = [knobs, knobs, Tree { seed: 2, ..knobs }]
+        .iter()
+        .enumerate()
+        .map(|(i, tree)| {
+            let src = dir.path().join(format!("src{i}"));
+            tree.write(&src);
+            ok(casket(&store).arg("capture").arg(&src))
+        })
+        .collect();
+    assert_eq!(roots[0], roots[1], "same knobs, same tree");
+    assert_ne!(roots[0], roots[2], "another seed, other content");
+    // Every file and directory distinct: nothing shared by the two trees, nothing within one.
+    let report = json(casket(&store).args(["fsck", "--json"]));
+    assert_eq!(report["blobs"], 2 * (501 + 21), "{report}");
+
+    let (mut dirs, mut files, mut executables, mut links, mut dir_links) = (0, 0, 0, 0, 0);
+    let mut stack = vec![dir.path().join("src0")];
+    while let Some(here) = stack.pop() {
+        for entry in fs::read_dir(&here).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = fs::symlink_metadata(&path).unwrap();
+            if meta.is_symlink() {
+                links += 1;
+                assert!(fs::read_link(&path).unwrap().is_relative());
+                // And it resolves.
+                dir_links += usize::from(fs::metadata(&path).unwrap().is_dir());
+            } else if meta.is_dir() {
+                dirs += 1;
+                stack.push(path);
+            } else {
+                files += 1;
+                executables += usize::from(meta.permissions().mode() & 0o111 != 0);
+            }
+        }
+    }
+    assert_eq!((dirs, files, executables, links), (20, 501, 50, 10));
+    assert_eq!(dir_links, 1, "symlink 9 points at a directory");
 }
 
 #[test]

@@ -6,7 +6,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{casket, gen_tree, ok, run};
+use support::tree::Tree;
+use support::{casket, ok, run};
 
 #[test]
 fn sigkill_during_capture_leaves_no_partial_object() {
@@ -14,19 +15,14 @@ fn sigkill_during_capture_leaves_no_partial_object() {
     let store = dir.path().join("store");
     let src = dir.path().join("src");
     // Small files keep the store busy creating objects, large ones keep temp files open.
-    gen_tree(
-        &src,
-        &[
-            "--files",
-            "20000",
-            "--size",
-            "2048",
-            "--dirs",
-            "200",
-            "--large",
-            "4:50000000",
-        ],
-    );
+    Tree {
+        files: 20_000,
+        size: 2048,
+        dirs: 200,
+        large: (4, 50_000_000),
+        ..Tree::default()
+    }
+    .write(&src);
 
     let mut killed_midway = false;
     for delay_ms in [150u64, 300, 600] {

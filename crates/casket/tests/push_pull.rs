@@ -10,7 +10,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use serde_json::Value;
-use support::{Serve, buildstream1, casket, gen_tree, ok, peer_available, shared_dir};
+use support::tree::Tree;
+use support::{Serve, buildstream1, casket, ok, peer_available, shared_dir};
 
 /// RPCs a client sends to get started (negotiation and the ref-service probe).
 const STARTUP: &[&str] = &["GetCapabilities", "BatchReadBlobs", "FetchDirectory"];
@@ -125,7 +126,12 @@ fn round_trip(dir: &Path, url: &str, tree: &Path) {
 fn push_and_pull_through_casket_serve() {
     let dir = tempfile::tempdir().unwrap();
     let tree = dir.path().join("tree");
-    gen_tree(&tree, &["--files", "400", "--seed", "3"]);
+    Tree {
+        files: 400,
+        seed: 3,
+        ..Tree::default()
+    }
+    .write(&tree);
     let server = Serve::start(&dir.path().join("server"), &["--allow-push"]);
     round_trip(dir.path(), &server.url.replace("http://", "grpc://"), &tree);
 }
@@ -180,7 +186,12 @@ fn push_and_pull_through_buildstream_1_server() {
     }
     let dir = tempfile::tempdir().unwrap();
     let tree = dir.path().join("tree");
-    gen_tree(&tree, &["--files", "300", "--seed", "5"]);
+    Tree {
+        files: 300,
+        seed: 5,
+        ..Tree::default()
+    }
+    .write(&tree);
     let server = Bst1Server::start(&dir.path().join("bst1-repo"));
     round_trip(dir.path(), &server.url, &tree);
     // It keeps refs as files under refs/heads.
@@ -195,7 +206,12 @@ fn push_and_pull_through_buildstream_1_server() {
 fn a_push_survives_the_server_restarting() {
     let dir = tempfile::tempdir().unwrap();
     let tree = dir.path().join("tree");
-    gen_tree(&tree, &["--files", "3000", "--seed", "9"]);
+    Tree {
+        files: 3000,
+        seed: 9,
+        ..Tree::default()
+    }
+    .write(&tree);
     for i in 0..4 {
         let data: Vec<u8> = (0..(24 << 20) + i).map(|b| (b % 251) as u8 ^ i as u8).collect();
         std::fs::write(tree.join(format!("big{i}")), data).unwrap();
@@ -252,12 +268,13 @@ fn a_push_survives_the_server_restarting() {
 fn pulling_10000_files_takes_about_bytes_over_the_batch_limit_calls() {
     let dir = tempfile::tempdir().unwrap();
     let tree = dir.path().join("tree");
-    gen_tree(
-        &tree,
-        &[
-            "--files", "10000", "--size", "4096", "--dirs", "200", "--seed", "11",
-        ],
-    );
+    Tree {
+        files: 10_000,
+        dirs: 200,
+        seed: 11,
+        ..Tree::default()
+    }
+    .write(&tree);
     let server = Serve::start(&dir.path().join("server"), &["--allow-push"]);
     let url = server.url.replace("http://", "grpc://");
     let pushed = json(&ok(casket(&dir.path().join("source")).args([

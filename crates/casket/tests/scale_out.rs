@@ -27,9 +27,9 @@ use casket_store::{
     RecordStore, RefStore, TieredStore,
 };
 use support::garage::Garage;
+use support::tree::Tree;
 use support::{
-    buildstream1, casket, garage_s3, gen_tree, ok, peer_available, tiered_frontend as frontend,
-    tiered_frontend_with,
+    buildstream1, casket, garage_s3, ok, peer_available, tiered_frontend as frontend, tiered_frontend_with,
 };
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -151,19 +151,12 @@ fn a_tree_pushed_through_one_frontend_is_pulled_through_another() {
     let Some(garage) = Garage::start() else { return };
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
-    gen_tree(
-        &src,
-        &[
-            "--files",
-            "500",
-            "--size",
-            "4096",
-            "--dirs",
-            "20",
-            "--large",
-            "1:20000000",
-        ],
-    );
+    Tree {
+        files: 500,
+        large: (1, 20_000_000),
+        ..Tree::default()
+    }
+    .write(&src);
     // B signs with credentials from its environment, A with those in its file.
     let (a, b) = (
         frontend(&garage, 1, dir.path(), "a"),
@@ -197,19 +190,12 @@ fn buildstream_1_pushes_through_one_frontend_and_pulls_through_another() {
     let Some(garage) = Garage::start() else { return };
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
-    gen_tree(
-        &src,
-        &[
-            "--files",
-            "1000",
-            "--size",
-            "4096",
-            "--dirs",
-            "30",
-            "--large",
-            "2:3000000",
-        ],
-    );
+    Tree {
+        dirs: 30,
+        large: (2, 3_000_000),
+        ..Tree::default()
+    }
+    .write(&src);
     let (a, b) = (
         frontend(&garage, 1, dir.path(), "a"),
         frontend(&garage, 2, dir.path(), "b"),
@@ -261,19 +247,13 @@ fn a_node_killed_during_a_push_and_a_pull_loses_nothing() {
     let Some(mut garage) = Garage::start() else { return };
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
-    gen_tree(
-        &src,
-        &[
-            "--files",
-            "3000",
-            "--size",
-            "4096",
-            "--dirs",
-            "60",
-            "--large",
-            "2:40000000",
-        ],
-    );
+    Tree {
+        files: 3000,
+        dirs: 60,
+        large: (2, 40_000_000),
+        ..Tree::default()
+    }
+    .write(&src);
     let root = capture(&dir.path().join("client"), &src);
     let (a, b) = (
         frontend(&garage, 1, dir.path(), "a"),

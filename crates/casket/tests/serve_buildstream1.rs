@@ -8,7 +8,8 @@
 mod support;
 
 use serde_json::Value;
-use support::{Serve, bst1_client as client, buildstream1, gen_tree, ok, peer_available, run};
+use support::tree::Tree;
+use support::{Serve, bst1_client as client, buildstream1, ok, peer_available, run};
 
 /// The `RESULT {json}` line client.py ends with.
 fn result(stdout: &str) -> Value {
@@ -32,19 +33,13 @@ fn round_trip(extra: &[&str], asset_mode: bool) {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
     // Small files for the batches, two files over 1 MiB for ByteStream.
-    gen_tree(
-        &src,
-        &[
-            "--files",
-            "3000",
-            "--size",
-            "4096",
-            "--dirs",
-            "60",
-            "--large",
-            "2:3000000",
-        ],
-    );
+    Tree {
+        files: 3000,
+        dirs: 60,
+        large: (2, 3_000_000),
+        ..Tree::default()
+    }
+    .write(&src);
     let mut args = vec!["--allow-push"];
     args.extend_from_slice(extra);
     let server = Serve::start(&dir.path().join("store"), &args);
@@ -118,7 +113,13 @@ fn buildstream_1_cannot_push_to_a_read_only_casket() {
     }
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
-    gen_tree(&src, &["--files", "50", "--size", "100", "--dirs", "2"]);
+    Tree {
+        files: 50,
+        size: 100,
+        dirs: 2,
+        ..Tree::default()
+    }
+    .write(&src);
     let store = dir.path().join("store");
     let server = Serve::start(&store, &[]);
     let repo = dir.path().join("repo");

@@ -1,3 +1,4 @@
 //! Test material shared by the crate's tests and bench.
 
+pub(crate) mod peers;
 pub mod trees;

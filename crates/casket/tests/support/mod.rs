@@ -1,11 +1,16 @@
-//! Shared helpers for the CLI's integration tests: running the binary, generating trees with
-//! the shared generator, and finding real peers.
+//! Shared helpers for the CLI's integration tests: running the binary, generating trees, and
+//! finding real peers.
 #![allow(dead_code, clippy::unwrap_used, clippy::missing_panics_doc)]
 
 pub(crate) mod garage;
+#[path = "../../../casket-vdir/tests/common/peers.rs"]
+mod peers;
+pub(crate) mod tree;
+
+pub(crate) use peers::{peer_available, shared_dir};
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 
 /// The `casket` binary under test, pointed at `store`.
@@ -30,46 +35,6 @@ pub(crate) fn ok(cmd: &mut Command) -> String {
 /// Runs `cmd` and returns its whole output, whatever the exit status.
 pub(crate) fn run(cmd: &mut Command) -> Output {
     cmd.output().unwrap()
-}
-
-/// The folder of shared test material (`peers/`, `oracle/`): `$CASKET_SHARED`, or `shared/`
-/// beside the checkout.
-pub(crate) fn shared_dir() -> PathBuf {
-    std::env::var_os("CASKET_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared"))
-}
-
-/// Generates a deterministic tree with the shared `gen_tree.py` (any Python 3).
-pub(crate) fn gen_tree(out: &Path, args: &[&str]) {
-    let script = shared_dir().join("peers/gen_tree.py");
-    assert!(
-        script.exists(),
-        "{} is missing: set CASKET_SHARED",
-        script.display()
-    );
-    let status = Command::new("python3")
-        .arg(&script)
-        .arg(out)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        status.status.success(),
-        "gen_tree failed: {}",
-        String::from_utf8_lossy(&status.stderr)
-    );
-}
-
-/// Whether a peer is available. When it is not: panics under `CASKET_REQUIRE_PEERS=1` (CI),
-/// otherwise prints why the test is skipped and returns false.
-pub(crate) fn peer_available(name: &str, problem: Option<String>) -> bool {
-    let Some(problem) = problem else { return true };
-    if std::env::var("CASKET_REQUIRE_PEERS").is_ok_and(|v| v == "1") {
-        panic!("peer {name} is required (CASKET_REQUIRE_PEERS=1) but unavailable: {problem}");
-    }
-    eprintln!("SKIPPED: peer {name} unavailable ({problem}); set it up with .ci/run");
-    false
 }
 
 /// Checks that BuildStream 1.6.8 is importable by Debian's Python and the shared client exists.
