@@ -14,7 +14,7 @@ pub(crate) fn store_code(e: &StoreError) -> Code {
         }
         StoreError::OffsetOutOfRange { .. } => Code::OutOfRange,
         StoreError::TooLarge { .. } => Code::ResourceExhausted,
-        StoreError::RefConflict(_) => Code::FailedPrecondition,
+        StoreError::RefConflict(_) | StoreError::RecordConflict(_) => Code::FailedPrecondition,
         StoreError::Corrupt { .. } | StoreError::CorruptRef { .. } => Code::DataLoss,
         StoreError::Io { source, .. } if source.raw_os_error() == Some(28) => Code::ResourceExhausted,
         StoreError::Remote { code, .. } => Code::from_i32(*code),

@@ -58,10 +58,14 @@ pub enum StoreError {
     /// The store was asked for a digest function it does not hold.
     #[error("digest function {0} is not supported by this store")]
     UnsupportedFunction(casket_model::DigestFunction),
-    /// A ref name is taken as a directory by other refs (`a/b` when `a/b/c` exists), or the
-    /// other way round.
-    #[error("ref {0:?} conflicts with an existing ref")]
+    /// A ref cannot be set because an existing ref's name is its ancestor or descendant: no
+    /// store takes both `a/b` and `a/b/c`.
+    #[error("ref {0:?} conflicts with an existing ref whose name is its ancestor or descendant")]
     RefConflict(String),
+    /// A record cannot be stored because an existing record's key is its ancestor or
+    /// descendant: no store takes both `a/b` and `a/b/c`.
+    #[error("record {0:?} conflicts with an existing record whose key is its ancestor or descendant")]
+    RecordConflict(String),
     /// A ref file does not hold a valid digest.
     #[error("ref {name:?} is corrupt: {reason}")]
     CorruptRef {

@@ -1,22 +1,25 @@
 //! Refs: named roots (`project/element/key` -> digest). [`RefStore`] is what callers need;
 //! [`DiskRefs`] keeps them as small files under `ROOT/refs/`, `ObjectRefs` in an object store.
 //!
-//! A ref is a file whose path below `refs/` is its name and whose content is the digest in
-//! text form. Updates write a temp file and rename it over the old one, so a reader sees the
-//! old or the new digest, never a mix. The file's mtime records when the ref was last set or
-//! read, which protects the tree it names from expiry.
+//! Both keep a ref as a record (see [`RecordStore`]) whose key is its name and whose bytes
+//! are the digest in text form, `HASH/SIZE` and a newline. Records are replaced atomically, so a
+//! reader sees the old or the new digest, never a mix; their time of last write or read
+//! protects the tree a ref names from expiry.
+//!
+//! Names are paths: a ref never coexists with a ref whose name is its ancestor or descendant
+//! (`a/b` and `a/b/c`), so every store can keep them as files.
 
 use std::fmt;
-use std::fs;
-use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use casket_model::{Digest, RefName};
 
 use crate::disk::DiskStore;
-use crate::error::{IoContext, Result, StoreError, blocking};
+use crate::error::{Result, StoreError, blocking};
+use crate::records::{self, DiskRecords, RecordStore};
 
 /// One ref as listed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,13 +50,16 @@ pub struct RefScan {
     pub corrupt: Vec<CorruptRef>,
 }
 
-/// Named roots.
+/// Named roots. `conformance::run_refs` checks every rule.
 #[async_trait]
 pub trait RefStore: Send + Sync + fmt::Debug {
-    /// Points `name` at `digest`, atomically replacing any previous value.
+    /// Points `name` at `digest`, atomically replacing any previous value; refused with
+    /// [`StoreError::RefConflict`] while a ref exists whose name is an ancestor or a descendant
+    /// of `name`.
     async fn set(&self, name: &RefName, digest: &Digest) -> Result<()>;
 
-    /// The digest `name` points at, or `None`. Reading a ref counts as using it.
+    /// The digest `name` points at, or `None` (also when `name` is only an ancestor of other
+    /// refs). Reading a ref counts as using it.
     async fn get(&self, name: &RefName) -> Result<Option<Digest>>;
 
     /// Removes `name`; `Ok(false)` if it did not exist.
@@ -68,172 +74,106 @@ pub trait RefStore: Send + Sync + fmt::Debug {
     }
 }
 
-/// The refs of a [`DiskStore`]. Cheap to clone.
+/// A ref's stored form: its digest in text, then a newline.
+pub(crate) fn encode_ref(digest: &Digest) -> Bytes {
+    Bytes::from(format!("{digest}\n"))
+}
+
+/// The digest a stored ref holds, or why it holds none.
+pub(crate) fn decode_ref(bytes: &[u8]) -> Result<Digest, String> {
+    let text = std::str::from_utf8(bytes).map_err(|e| e.to_string())?;
+    text.trim_end_matches('\n')
+        .parse()
+        .map_err(|e: casket_model::DigestError| e.to_string())
+}
+
+/// The digest the ref `name` holds, read as `bytes`; [`StoreError::CorruptRef`] if it holds none.
+pub(crate) fn decode_named_ref(name: &RefName, bytes: &[u8]) -> Result<Digest> {
+    decode_ref(bytes).map_err(|reason| StoreError::CorruptRef {
+        name: name.to_string(),
+        reason,
+    })
+}
+
+/// An error of the records a ref lives in, as the ref's: a record conflict is a ref conflict.
+pub(crate) fn ref_error(name: &RefName) -> impl FnOnce(StoreError) -> StoreError + '_ {
+    move |e| match e {
+        StoreError::RecordConflict(_) => StoreError::RefConflict(name.to_string()),
+        e => e,
+    }
+}
+
+/// The refs of a [`DiskStore`]: records of kind `refs`, so the file `ROOT/refs/NAME`. Cheap to
+/// clone.
 #[derive(Clone, Debug)]
 pub struct DiskRefs {
-    dir: PathBuf,
-    tmp: PathBuf,
-    fsync: bool,
+    records: DiskRecords,
 }
 
 impl DiskRefs {
     /// The refs kept beside `store`'s blobs.
     pub fn new(store: &DiskStore) -> Self {
         DiskRefs {
-            dir: store.refs_dir(),
-            tmp: store.tmp_dir(),
-            fsync: store.options().fsync,
+            records: DiskRecords::new(store, "refs"),
         }
     }
 
-    fn path(&self, name: &RefName) -> PathBuf {
-        self.dir.join(name.as_str())
-    }
-
-    fn set_sync(&self, name: &RefName, digest: &Digest) -> Result<()> {
-        let path = self.path(name);
-        let conflict = || StoreError::RefConflict(name.to_string());
-        let parent = path.parent().unwrap_or(&self.dir);
-        match fs::create_dir_all(parent) {
-            Ok(()) => {}
-            Err(e)
-                if e.kind() == io::ErrorKind::NotADirectory || e.kind() == io::ErrorKind::AlreadyExists =>
-            {
-                return Err(conflict());
-            }
-            Err(e) => return Err(e).io_context("create", parent),
-        }
-        let mut temp = tempfile::Builder::new()
-            .prefix("ref-")
-            .tempfile_in(&self.tmp)
-            .io_context("create temp file in", &self.tmp)?;
-        writeln!(temp, "{digest}").io_context("write", temp.path())?;
-        if self.fsync {
-            temp.as_file().sync_data().io_context("fsync", temp.path())?;
-        }
-        match temp.persist(&path) {
-            Ok(_) => {}
-            Err(_) if path.is_dir() => return Err(conflict()),
-            Err(e) => return Err(e.error).io_context("rename into", path),
-        }
-        if self.fsync {
-            fs::File::open(parent)
-                .and_then(|d| d.sync_all())
-                .io_context("fsync", parent)?;
-        }
-        Ok(())
-    }
-
-    fn walk(&self, dir: &Path, out: &mut RefScan) -> Result<()> {
-        for entry in fs::read_dir(dir).io_context("list", dir)? {
-            let entry = entry.io_context("list", dir)?;
-            let path = entry.path();
-            let file_type = entry.file_type().io_context("stat", &path)?;
-            if file_type.is_dir() {
-                self.walk(&path, out)?;
-                continue;
-            }
-            let relative = path.strip_prefix(&self.dir).unwrap_or(&path);
-            let Some(name) = relative.to_str().and_then(|n| RefName::new(n).ok()) else {
-                out.corrupt.push(CorruptRef {
-                    path,
+    /// Every ref file, read and sorted into refs and corrupt files (blocking).
+    fn scan_sync(&self) -> Result<RefScan> {
+        let mut scan = RefScan::default();
+        for file in self.records.files()? {
+            let Some(name) = file.key.and_then(|key| RefName::new(key).ok()) else {
+                scan.corrupt.push(CorruptRef {
+                    path: file.path,
                     reason: "not a valid ref name".into(),
                 });
                 continue;
             };
-            let touched = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .io_context("stat", &path)?;
-            match read_ref(&name, &path) {
-                Ok(Some(digest)) => out.refs.push(RefEntry {
+            // `None`: deleted since it was listed.
+            let Some(bytes) = records::read(&file.path)? else {
+                continue;
+            };
+            match decode_ref(&bytes) {
+                Ok(digest) => scan.refs.push(RefEntry {
                     name,
                     digest,
-                    touched,
+                    touched: file.touched,
                 }),
-                Ok(None) => {}
-                Err(StoreError::CorruptRef { reason, .. }) => out.corrupt.push(CorruptRef { path, reason }),
-                Err(e) => return Err(e),
+                Err(reason) => scan.corrupt.push(CorruptRef {
+                    path: file.path,
+                    reason,
+                }),
             }
         }
-        Ok(())
+        scan.refs.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(scan)
     }
 }
 
 #[async_trait]
 impl RefStore for DiskRefs {
     async fn set(&self, name: &RefName, digest: &Digest) -> Result<()> {
-        let (refs, name, digest) = (self.clone(), name.clone(), *digest);
-        blocking(move || refs.set_sync(&name, &digest)).await
+        self.records
+            .put(name.as_str(), encode_ref(digest))
+            .await
+            .map_err(ref_error(name))
     }
 
     async fn get(&self, name: &RefName) -> Result<Option<Digest>> {
-        let (refs, name) = (self.clone(), name.clone());
-        blocking(move || {
-            let path = refs.path(&name);
-            let Some(digest) = read_ref(&name, &path)? else {
-                return Ok(None);
-            };
-            let now = fs::FileTimes::new().set_modified(SystemTime::now());
-            // A ref removed between the read and the touch was still read; ignore that race.
-            let _ = fs::File::options()
-                .write(true)
-                .open(&path)
-                .and_then(|f| f.set_times(now));
-            Ok(Some(digest))
-        })
-        .await
+        match self.records.get(name.as_str()).await? {
+            Some(bytes) => decode_named_ref(name, &bytes).map(Some),
+            None => Ok(None),
+        }
     }
 
     async fn delete(&self, name: &RefName) -> Result<bool> {
-        let (refs, name) = (self.clone(), name.clone());
-        blocking(move || {
-            let path = refs.path(&name);
-            match fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-                Err(_) if path.is_dir() => return Err(StoreError::RefConflict(name.to_string())),
-                Err(e) => return Err(e).io_context("remove", path),
-            }
-            let mut dir = path.parent();
-            while let Some(d) = dir.filter(|d| *d != refs.dir) {
-                // Fails harmlessly when another ref still lives there.
-                if fs::remove_dir(d).is_err() {
-                    break;
-                }
-                dir = d.parent();
-            }
-            Ok(true)
-        })
-        .await
+        self.records.delete(name.as_str()).await
     }
 
     async fn scan(&self) -> Result<RefScan> {
         let refs = self.clone();
-        blocking(move || {
-            let mut scan = RefScan::default();
-            refs.walk(&refs.dir, &mut scan)?;
-            scan.refs.sort_by(|a, b| a.name.cmp(&b.name));
-            Ok(scan)
-        })
-        .await
+        blocking(move || refs.scan_sync()).await
     }
-}
-
-fn read_ref(name: &RefName, path: &Path) -> Result<Option<Digest>> {
-    let text = match fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(_) if path.is_dir() => return Err(StoreError::RefConflict(name.to_string())),
-        Err(e) => return Err(e).io_context("read", path),
-    };
-    text.trim_end_matches('\n')
-        .parse()
-        .map(Some)
-        .map_err(|e: casket_model::DigestError| StoreError::CorruptRef {
-            name: name.to_string(),
-            reason: e.to_string(),
-        })
 }
 
 #[cfg(test)]
@@ -241,53 +181,65 @@ mod tests {
     use super::*;
     use crate::DiskOptions;
     use casket_model::DigestFunction;
+    use std::fs;
+    use std::os::unix::ffi::OsStrExt;
+    use std::time::Duration;
+
+    fn store() -> (tempfile::TempDir, DiskStore) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = DiskStore::open(dir.path(), DiskOptions::default()).expect("open");
+        (dir, store)
+    }
 
     fn name(s: &str) -> RefName {
         RefName::new(s).expect("valid")
     }
 
     #[tokio::test]
-    async fn set_get_list_delete() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = DiskStore::open(dir.path(), DiskOptions::default()).expect("open");
+    async fn conformance() {
+        let (_dir, store) = store();
+        let records = DiskRecords::new(&store, "refs");
+        crate::conformance::run_refs(&DiskRefs::new(&store), Some(&records), Duration::ZERO).await;
+    }
+
+    #[tokio::test]
+    async fn refs_are_digest_files_under_the_refs_directory() {
+        let (_dir, store) = store();
         let refs = DiskRefs::new(&store);
         let a = Digest::of(DigestFunction::Sha256, b"a");
-        let b = Digest::of(DigestFunction::Blake3, b"b");
-        assert_eq!(refs.get(&name("p/e/k")).await.expect("get"), None);
         refs.set(&name("p/e/k"), &a).await.expect("set");
-        refs.set(&name("p/other"), &a).await.expect("set");
-        refs.set(&name("p/e/k"), &b).await.expect("update");
-        assert_eq!(refs.get(&name("p/e/k")).await.expect("get"), Some(b));
-        let listed: Vec<_> = refs
-            .list()
-            .await
-            .expect("list")
-            .into_iter()
-            .map(|e| (e.name, e.digest))
-            .collect();
-        assert_eq!(listed, vec![(name("p/e/k"), b), (name("p/other"), a)]);
+        let file = store.refs_dir().join("p/e/k");
+        assert_eq!(fs::read_to_string(&file).expect("ref file"), format!("{a}\n"));
 
-        assert!(matches!(
-            refs.set(&name("p/e/k/deeper"), &a).await,
-            Err(StoreError::RefConflict(_))
-        ));
-        assert!(matches!(
-            refs.set(&name("p/e"), &a).await,
-            Err(StoreError::RefConflict(_))
-        ));
+        let b = Digest::of(DigestFunction::Blake3, b"b");
+        fs::write(store.refs_dir().join("p/old"), format!("{b}\n")).expect("an existing store's ref");
+        assert_eq!(refs.get(&name("p/old")).await.expect("get"), Some(b));
 
         assert!(refs.delete(&name("p/e/k")).await.expect("delete"));
-        assert!(!refs.delete(&name("p/e/k")).await.expect("delete again"));
         assert!(
             !store.refs_dir().join("p/e").exists(),
             "empty parents are removed"
         );
-        assert_eq!(refs.list().await.expect("list").len(), 1);
+        assert!(store.refs_dir().join("p").is_dir(), "parents still in use stay");
+    }
 
-        fs::write(store.refs_dir().join("p/broken"), "").expect("a ref emptied by a power loss");
-        let scan = refs.scan().await.expect("scan despite a corrupt ref");
+    #[tokio::test]
+    async fn scan_reports_corrupt_files_by_path() {
+        let (_dir, store) = store();
+        let refs = DiskRefs::new(&store);
+        refs.set(&name("p/fine"), &Digest::of(DigestFunction::Sha256, b"a"))
+            .await
+            .expect("set");
+        let broken = store.refs_dir().join("p/broken");
+        fs::write(&broken, "").expect("a ref emptied by a power loss");
+        let unnamed = store
+            .refs_dir()
+            .join(std::ffi::OsStr::from_bytes(b"p/not-utf8-\xff"));
+        fs::write(&unnamed, "").expect("a file no ref can be");
+        let scan = refs.scan().await.expect("scan despite corrupt refs");
         assert_eq!(scan.refs.len(), 1);
-        assert_eq!(scan.corrupt.len(), 1);
-        assert!(scan.corrupt[0].path.ends_with("p/broken"));
+        let mut corrupt: Vec<_> = scan.corrupt.iter().map(|c| c.path.clone()).collect();
+        corrupt.sort();
+        assert_eq!(corrupt, [broken, unnamed]);
     }
 }

@@ -1,9 +1,16 @@
 //! The behaviour every [`BlobStore`] must show. Each backend's tests call [`run_all`]; a new
 //! backend (including remote clients in other crates) enables the `conformance` feature and
-//! does the same.
+//! does the same. [`run_refs`] and [`run_records`] do the same for every
+//! [`RefStore`](crate::RefStore) and [`RecordStore`](crate::RecordStore).
 //!
 //! The functions panic with a message naming the broken rule, as tests do.
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
+
+pub mod records;
+pub mod refs;
+
+pub use records::run_records;
+pub use refs::run_refs;
 
 use bytes::Bytes;
 use casket_model::{Digest, DigestFunction};
@@ -42,6 +49,30 @@ fn blob(tag: &str, len: usize) -> Bytes {
     (0..len)
         .map(|i| (seed.wrapping_add(i as u32).wrapping_mul(2_654_435_761) >> 24) as u8)
         .collect()
+}
+
+/// Rounds of the checks that a write survives a concurrent delete emptying its directory, and
+/// directories raced over in each round: enough to meet the moment a directory is empty.
+const BESIDE_ROUNDS: usize = 100;
+const BESIDE_PAIRS: usize = 8;
+
+/// Whether `check` holds within five seconds (object stores may list a deleted object for a
+/// moment: Garage does, for well under a second).
+async fn eventually<F, Fut>(mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        if check().await {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 async fn read_all(store: &dyn BlobStore, digest: &Digest, range: ReadRange) -> Option<Vec<u8>> {
