@@ -38,6 +38,12 @@ impl Namespace {
         }
     }
 
+    /// The largest blob this namespace can store, if there is a limit: no blob larger than the
+    /// quota fits.
+    pub fn max_blob_size(&self) -> Option<u64> {
+        self.quota.as_ref().and_then(|quota| quota.limit())
+    }
+
     /// The same namespace with its blobs under `quota` (a quota of its own disk store).
     pub fn with_quota(self, quota: Arc<Quota>) -> Self {
         Namespace {

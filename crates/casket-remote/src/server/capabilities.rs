@@ -37,8 +37,8 @@ impl reapi::capabilities_server::Capabilities for Capabilities {
         request: Request<reapi::GetCapabilitiesRequest>,
     ) -> Result<Response<reapi::ServerCapabilities>, Status> {
         let namespace = self.shared.namespace(&request.get_ref().instance_name);
-        // No blob larger than the quota can be stored; without a quota there is no limit (0).
-        let max_blob = namespace.quota.as_ref().and_then(|q| q.limit()).unwrap_or(0);
+        // 0: no limit.
+        let max_blob = namespace.max_blob_size().unwrap_or(0);
         let cache = reapi::CacheCapabilities {
             digest_functions: DigestFunction::ALL.iter().map(|f| f.to_proto() as i32).collect(),
             // Per caller: a read-only caller is told it may not update.
