@@ -473,3 +473,23 @@ impl BlobStore for RemoteCas {
         Ok(results)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_never_exceed_the_limit() {
+        let digests: Vec<Digest> = (0..1000u32)
+            .map(|i| Digest::of(DigestFunction::Sha256, &vec![0u8; (i as usize * 37) % 5000]))
+            .collect();
+        for limit in [6000, 64 << 10, 4 << 20] {
+            let batches = pack(digests.clone(), |d| d, limit);
+            assert_eq!(batches.iter().map(Vec::len).sum::<usize>(), digests.len());
+            for batch in batches {
+                let bytes: u64 = batch.iter().map(|d| d.size() + BATCH_ITEM_OVERHEAD).sum();
+                assert!(bytes <= limit || batch.len() == 1);
+            }
+        }
+    }
+}
