@@ -12,6 +12,7 @@ use futures::StreamExt;
 use tonic::Status;
 
 use super::{TransferError, TransferReport, batched_and_streamed, failed};
+use crate::client::backoff::Backoff;
 use crate::client::store::{WRITE_CHUNK, upload_id};
 use crate::client::{RemoteCas, retryable};
 use crate::compression::compress_stream;
@@ -111,6 +112,7 @@ async fn upload_stream(
     let mut name = write_name(&remote.instance, &upload_id(), &digest, zstd);
     let mut offset = 0u64;
     let mut attempts = 0;
+    let mut backoff = Backoff::default();
     loop {
         if offset >= digest.size()
             && remote
@@ -161,7 +163,7 @@ async fn upload_stream(
             Err(status) if retryable(&status) && attempts < remote.options.retries => {
                 attempts += 1;
                 remote.stats.retry();
-                tokio::time::sleep(std::time::Duration::from_millis(100 << attempts.min(6))).await;
+                backoff.wait().await;
                 if zstd.is_some() {
                     name = write_name(&remote.instance, &upload_id(), &digest, zstd);
                 } else {
