@@ -37,28 +37,9 @@ pub(crate) fn remote_error(operation: &'static str, status: &Status) -> StoreErr
     }
 }
 
-/// A unique upload id in UUID form.
+/// A fresh upload id (a version-4 UUID) for a ByteStream Write resource name.
 pub(crate) fn upload_id() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut bytes = [0u8; 16];
-    for half in bytes.chunks_mut(8) {
-        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-        hasher.write_u128(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos()),
-        );
-        half.copy_from_slice(&hasher.finish().to_le_bytes());
-    }
-    let hex = hex::encode(bytes);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..]
-    )
+    uuid::Uuid::new_v4().to_string()
 }
 
 /// Whether `digest` travels in a batch (else by ByteStream), given the batch limit.
@@ -491,5 +472,12 @@ mod tests {
                 assert!(bytes <= limit || batch.len() == 1);
             }
         }
+    }
+
+    #[test]
+    fn upload_ids_are_fresh_version_4_uuids() {
+        let (a, b) = (upload_id(), upload_id());
+        assert_ne!(a, b);
+        assert_eq!(uuid::Uuid::parse_str(&a).map(|id| id.get_version_num()), Ok(4));
     }
 }
