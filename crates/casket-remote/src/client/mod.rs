@@ -8,10 +8,12 @@
 //!
 //! Every RPC goes through `RemoteCas::call`: at most `concurrency` requests in flight,
 //! retried with jittered exponential backoff on UNAVAILABLE, DEADLINE_EXCEEDED and
-//! RESOURCE_EXHAUSTED, and counted by method in [`Stats`].
+//! RESOURCE_EXHAUSTED, and counted by method in [`Stats`]. Failures read as
+//! `RESOURCE_EXHAUSTED: message` in every error the client returns.
 
 mod backoff;
 mod connect;
+mod errors;
 mod refs;
 mod stats;
 mod store;

@@ -17,6 +17,7 @@ use futures::{StreamExt, TryStreamExt};
 use tokio::sync::mpsc;
 use tonic::{Code, Status};
 
+use super::errors::remote_error;
 use super::{BATCH_ITEM_OVERHEAD, RemoteCas, cas_client, connect::Transport};
 use crate::resource_name::{Compressor, read_name, write_name};
 use crate::server::MAX_MESSAGE_BYTES;
@@ -26,16 +27,6 @@ const FIND_MISSING_CHUNK: usize = 10_000;
 
 /// Bytes per ByteStream WriteRequest.
 pub(crate) const WRITE_CHUNK: usize = 1 << 20;
-
-/// A failed RPC as a store error.
-pub(crate) fn remote_error(operation: &'static str, status: &Status) -> StoreError {
-    StoreError::Remote {
-        operation,
-        code: status.code() as i32,
-        code_name: format!("{:?}", status.code()),
-        message: status.message().to_owned(),
-    }
-}
 
 /// A fresh upload id (a version-4 UUID) for a ByteStream Write resource name.
 pub(crate) fn upload_id() -> String {
@@ -322,16 +313,12 @@ impl BlobWriter for RemoteWriter {
             .map_err(|e| StoreError::Task(e.to_string()))?
             .map_err(|status| remote_error("ByteStream.Write", &status))?;
         if response.committed_size != digest.size() as i64 {
-            return Err(StoreError::Remote {
-                operation: "ByteStream.Write",
-                code: Code::DataLoss as i32,
-                code_name: "DataLoss".to_owned(),
-                message: format!(
-                    "the server committed {} of {} bytes",
-                    response.committed_size,
-                    digest.size()
-                ),
-            });
+            let message = format!(
+                "the server committed {} of {} bytes",
+                response.committed_size,
+                digest.size()
+            );
+            return Err(remote_error("ByteStream.Write", &Status::data_loss(message)));
         }
         Ok(())
     }
@@ -442,12 +429,10 @@ impl BlobStore for RemoteCas {
                 results[i] = match answers.get(&digest).map(|answer| (digest, answer)) {
                     Some((_, Ok(()))) => Ok(digest),
                     Some((_, Err(status))) => Err(remote_error("BatchUpdateBlobs", status)),
-                    None => Err(StoreError::Remote {
-                        operation: "BatchUpdateBlobs",
-                        code: Code::Internal as i32,
-                        code_name: "Internal".to_owned(),
-                        message: format!("the server did not answer for {digest}"),
-                    }),
+                    None => Err(remote_error(
+                        "BatchUpdateBlobs",
+                        &Status::internal(format!("the server did not answer for {digest}")),
+                    )),
                 };
             }
         }

@@ -25,6 +25,7 @@ pub use pull::pull_tree;
 pub use push::{push_blobs, push_tree};
 
 use super::RemoteCas;
+use super::errors::describe;
 use super::store::{fits_batch, pack};
 
 /// Large blobs streamed at once (each also holds a slot among the requests in flight).
@@ -34,7 +35,7 @@ const STREAMS_IN_FLIGHT: usize = 4;
 #[derive(Debug, thiserror::Error)]
 pub enum TransferError {
     /// An RPC failed (after its retries).
-    #[error("{operation}: {status}")]
+    #[error("remote {operation} failed: {}", describe(status))]
     Remote {
         /// What was being done.
         operation: &'static str,
