@@ -459,19 +459,6 @@ impl SplitMix {
             word.copy_from_slice(&bytes[..word.len()]);
         }
     }
-
-    /// A random version-4 UUID, as BuildStream's server requires in upload names.
-    fn uuid(&mut self) -> String {
-        let (a, b) = (self.next(), self.next());
-        format!(
-            "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
-            a >> 32,
-            (a >> 16) & 0xffff,
-            a & 0xfff,
-            0x8000 | (b >> 48) & 0x3fff,
-            b & 0xffff_ffff_ffff,
-        )
-    }
 }
 
 /// Small blob number `id`: 4 KiB of its own pseudo-random bytes.
@@ -509,10 +496,11 @@ fn read_request(ids: impl Iterator<Item = u64>) -> reapi::BatchReadBlobsRequest 
     }
 }
 
-fn upload_name(rng: &mut SplitMix, digest: &reapi::Digest) -> String {
+/// A fresh upload name: BuildStream's server requires a version-4 UUID in it.
+fn upload_name(digest: &reapi::Digest) -> String {
     format!(
         "uploads/{}/blobs/{}/{}",
-        rng.uuid(),
+        uuid::Uuid::new_v4(),
         digest.hash,
         digest.size_bytes
     )
@@ -769,7 +757,7 @@ async fn batch_read(address: SocketAddr, sizes: &Sizes) -> Result<Measure> {
 /// Workload 4 (and 6): streams `pattern` in through ByteStream Write.
 async fn write_large(address: SocketAddr, pattern: &Pattern, digest: &reapi::Digest) -> Result<Measure> {
     let mut client = bytestream(connect(address).await?);
-    let requests = pattern.requests(upload_name(&mut SplitMix(pattern.size), digest));
+    let requests = pattern.requests(upload_name(digest));
     let started = Instant::now();
     let response = client.write(requests).await?.into_inner();
     let seconds = started.elapsed().as_secs_f64();
@@ -859,7 +847,7 @@ async fn mixed_client(channel: Channel, client: u64, present: u64, deadline: Ins
             _ => {
                 let id = next_new;
                 next_new += 1;
-                write_small(&mut bytestream, &mut rng, id).await?
+                write_small(&mut bytestream, id).await?
             }
         };
         ops += 1;
@@ -884,10 +872,10 @@ async fn read_small(client: &mut ByteStreamClient<Channel>, id: u64) -> Result<u
     Ok(1)
 }
 
-async fn write_small(client: &mut ByteStreamClient<Channel>, rng: &mut SplitMix, id: u64) -> Result<u64> {
+async fn write_small(client: &mut ByteStreamClient<Channel>, id: u64) -> Result<u64> {
     let (digest, data) = small_blob(id);
     let request = WriteRequest {
-        resource_name: upload_name(rng, &digest),
+        resource_name: upload_name(&digest),
         write_offset: 0,
         finish_write: true,
         data,

@@ -1,6 +1,7 @@
 //! The REAPI client against a real casket server on loopback: the store conformance suite,
 //! tree push and pull (re-push is FindMissingBlobs only), small batch limits, a server without
-//! BatchReadBlobs or GetTree, corrupt blobs, refs both ways, and tokens.
+//! BatchReadBlobs or GetTree, corrupt blobs, refs both ways, and tokens (and how a refusal
+//! reads).
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -273,7 +274,22 @@ async fn tokens_travel_with_every_request() {
         .put_bytes(DigestFunction::Sha256, data.clone())
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("PermissionDenied"), "{err}");
+    assert!(err.to_string().contains(": PERMISSION_DENIED: "), "{err}");
+    // Transfers and refs read the same way, in gRPC's own code names.
+    let dir = tempfile::tempdir().unwrap();
+    let source = store(dir.path(), "source");
+    let root = captured(&source, &make_tree(dir.path(), 1, 0)).await;
+    let err = push_tree(Arc::new(source), &anonymous, &root, &())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("remote BatchUpdateBlobs failed: PERMISSION_DENIED: "),
+        "{err}"
+    );
+    let name = RefName::new("project/element/0123abcd").unwrap();
+    let err = anonymous.set_ref(&name, &root).await.unwrap_err();
+    assert!(err.to_string().contains(" failed: PERMISSION_DENIED: "), "{err}");
     let with_token = RemoteCas::connect(RemoteOptions {
         token: Some("ci-secret".into()),
         ..RemoteOptions::new(url)

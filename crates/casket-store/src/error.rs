@@ -88,13 +88,13 @@ pub enum StoreError {
     #[error("object store: {0}")]
     ObjectStore(#[from] ::object_store::Error),
     /// A remote store (a REAPI server) failed or refused a request.
-    #[error("remote {operation} failed ({code_name}): {message}")]
+    #[error("remote {operation} failed: {code_name}: {message}")]
     Remote {
         /// The RPC.
         operation: &'static str,
         /// The gRPC status code.
         code: i32,
-        /// The code's name, for messages.
+        /// The code's canonical name (`RESOURCE_EXHAUSTED`), for messages.
         code_name: String,
         /// The server's message.
         message: String,

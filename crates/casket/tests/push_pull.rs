@@ -1,6 +1,7 @@
 //! `casket push` and `casket pull` end to end through the binary: against `casket serve` and
 //! against BuildStream 1.6.8's own artifact server; re-pushes that only ask FindMissingBlobs;
-//! refs both ways; a server killed and restarted in the middle of a push.
+//! refs both ways; a server killed and restarted in the middle of a push; a refusal in gRPC's
+//! own terms.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -11,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 
 use serde_json::Value;
 use support::tree::Tree;
-use support::{Serve, buildstream1, casket, ok, peer_available, shared_dir};
+use support::{Serve, buildstream1, casket, ok, peer_available, run, shared_dir};
 
 /// RPCs a client sends to get started (negotiation and the ref-service probe).
 const STARTUP: &[&str] = &["GetCapabilities", "BatchReadBlobs", "FetchDirectory"];
@@ -200,6 +201,21 @@ fn push_and_pull_through_buildstream_1_server() {
             .join("bst1-repo/cas/refs/heads/project/element/0a1b2c3d")
             .exists()
     );
+}
+
+#[test]
+fn a_refused_push_says_so_with_the_grpc_code_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("file"), b"refused").unwrap();
+    let server = Serve::start(&dir.path().join("server"), &[]);
+    let url = server.url.replace("http://", "grpc://");
+    let out =
+        run(casket(&dir.path().join("source")).args(["push", tree.to_str().unwrap(), "--remote", &url]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a read-only server took a push: {stderr}");
+    assert!(stderr.contains("failed: PERMISSION_DENIED: "), "{stderr}");
 }
 
 #[test]

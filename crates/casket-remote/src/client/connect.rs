@@ -76,7 +76,7 @@ pub enum ConnectError {
         source: tonic::transport::Error,
     },
     /// GetCapabilities failed.
-    #[error("the server refused GetCapabilities: {0}")]
+    #[error("the server refused GetCapabilities: {}", super::errors::describe(.0))]
     Capabilities(Status),
 }
 

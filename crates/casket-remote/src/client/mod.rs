@@ -7,17 +7,19 @@
 //! * `refs`: named trees over BuildStream's ReferenceStorage or the Remote Asset API.
 //!
 //! Every RPC goes through `RemoteCas::call`: at most `concurrency` requests in flight,
-//! retried with exponential backoff on UNAVAILABLE, DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED,
-//! and counted by method in [`Stats`].
+//! retried with jittered exponential backoff on UNAVAILABLE, DEADLINE_EXCEEDED and
+//! RESOURCE_EXHAUSTED, and counted by method in [`Stats`]. Failures read as
+//! `RESOURCE_EXHAUSTED: message` in every error the client returns.
 
+mod backoff;
 mod connect;
+mod errors;
 mod refs;
 mod stats;
 mod store;
 pub mod transfer;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
 use tokio::sync::Semaphore;
@@ -168,13 +170,13 @@ impl RemoteCas {
     }
 
     /// Runs one RPC with a slot among the requests in flight, counted under `method`,
-    /// retrying with backoff while the server is away, slow or momentarily full.
+    /// retrying with jittered backoff while the server is away, slow or momentarily full.
     pub(crate) async fn call<T, F, Fut>(&self, method: &'static str, mut rpc: F) -> Result<T, Status>
     where
         F: FnMut(connect::Transport) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
-        let mut delay = Duration::from_millis(50);
+        let mut backoff = backoff::Backoff::default();
         let mut attempt = 0;
         loop {
             let answer = {
@@ -191,8 +193,7 @@ impl RemoteCas {
                     attempt += 1;
                     self.stats.retry();
                     tracing::debug!(method, attempt, code = ?status.code(), "retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
+                    backoff.wait().await;
                 }
                 answer => return answer,
             }

@@ -17,6 +17,7 @@ use futures::{StreamExt, TryStreamExt};
 use tokio::sync::mpsc;
 use tonic::{Code, Status};
 
+use super::errors::remote_error;
 use super::{BATCH_ITEM_OVERHEAD, RemoteCas, cas_client, connect::Transport};
 use crate::resource_name::{Compressor, read_name, write_name};
 use crate::server::MAX_MESSAGE_BYTES;
@@ -27,38 +28,9 @@ const FIND_MISSING_CHUNK: usize = 10_000;
 /// Bytes per ByteStream WriteRequest.
 pub(crate) const WRITE_CHUNK: usize = 1 << 20;
 
-/// A failed RPC as a store error.
-pub(crate) fn remote_error(operation: &'static str, status: &Status) -> StoreError {
-    StoreError::Remote {
-        operation,
-        code: status.code() as i32,
-        code_name: format!("{:?}", status.code()),
-        message: status.message().to_owned(),
-    }
-}
-
-/// A unique upload id in UUID form.
+/// A fresh upload id (a version-4 UUID) for a ByteStream Write resource name.
 pub(crate) fn upload_id() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut bytes = [0u8; 16];
-    for half in bytes.chunks_mut(8) {
-        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-        hasher.write_u128(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos()),
-        );
-        half.copy_from_slice(&hasher.finish().to_le_bytes());
-    }
-    let hex = hex::encode(bytes);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..]
-    )
+    uuid::Uuid::new_v4().to_string()
 }
 
 /// Whether `digest` travels in a batch (else by ByteStream), given the batch limit.
@@ -341,16 +313,12 @@ impl BlobWriter for RemoteWriter {
             .map_err(|e| StoreError::Task(e.to_string()))?
             .map_err(|status| remote_error("ByteStream.Write", &status))?;
         if response.committed_size != digest.size() as i64 {
-            return Err(StoreError::Remote {
-                operation: "ByteStream.Write",
-                code: Code::DataLoss as i32,
-                code_name: "DataLoss".to_owned(),
-                message: format!(
-                    "the server committed {} of {} bytes",
-                    response.committed_size,
-                    digest.size()
-                ),
-            });
+            let message = format!(
+                "the server committed {} of {} bytes",
+                response.committed_size,
+                digest.size()
+            );
+            return Err(remote_error("ByteStream.Write", &Status::data_loss(message)));
         }
         Ok(())
     }
@@ -461,15 +429,40 @@ impl BlobStore for RemoteCas {
                 results[i] = match answers.get(&digest).map(|answer| (digest, answer)) {
                     Some((_, Ok(()))) => Ok(digest),
                     Some((_, Err(status))) => Err(remote_error("BatchUpdateBlobs", status)),
-                    None => Err(StoreError::Remote {
-                        operation: "BatchUpdateBlobs",
-                        code: Code::Internal as i32,
-                        code_name: "Internal".to_owned(),
-                        message: format!("the server did not answer for {digest}"),
-                    }),
+                    None => Err(remote_error(
+                        "BatchUpdateBlobs",
+                        &Status::internal(format!("the server did not answer for {digest}")),
+                    )),
                 };
             }
         }
         Ok(results)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_never_exceed_the_limit() {
+        let digests: Vec<Digest> = (0..1000u32)
+            .map(|i| Digest::of(DigestFunction::Sha256, &vec![0u8; (i as usize * 37) % 5000]))
+            .collect();
+        for limit in [6000, 64 << 10, 4 << 20] {
+            let batches = pack(digests.clone(), |d| d, limit);
+            assert_eq!(batches.iter().map(Vec::len).sum::<usize>(), digests.len());
+            for batch in batches {
+                let bytes: u64 = batch.iter().map(|d| d.size() + BATCH_ITEM_OVERHEAD).sum();
+                assert!(bytes <= limit || batch.len() == 1);
+            }
+        }
+    }
+
+    #[test]
+    fn upload_ids_are_fresh_version_4_uuids() {
+        let (a, b) = (upload_id(), upload_id());
+        assert_ne!(a, b);
+        assert_eq!(uuid::Uuid::parse_str(&a).map(|id| id.get_version_num()), Ok(4));
     }
 }
