@@ -69,7 +69,11 @@ async fn output_paths_that_escape_are_refused_naming_the_path() {
             .await
             .unwrap_err();
         assert_eq!(error.code(), Code::InvalidArgument, "{path:?}: {error:?}");
-        assert!(error.message().contains(&format!("{path:?}")), "{path:?}: {}", error.message());
+        assert!(
+            error.message().contains(&format!("{path:?}")),
+            "{path:?}: {}",
+            error.message()
+        );
         let get = ac
             .get_action_result(reapi::GetActionResultRequest {
                 action_digest: Some(action.to_proto()),

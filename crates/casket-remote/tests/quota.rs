@@ -237,7 +237,11 @@ async fn an_abandoned_upload_frees_its_room_and_a_resumed_one_completes() {
     interrupted_put(&server, "a", &abandoned, &data, 80 << 10).await;
     let (other, other_data) = blob(6, 160 << 10);
     let refused = stream_put(&server, &other, &other_data).await.unwrap_err();
-    assert_eq!(refused.code(), Code::ResourceExhausted, "the room is held: {refused:?}");
+    assert_eq!(
+        refused.code(),
+        Code::ResourceExhausted,
+        "the room is held: {refused:?}"
+    );
 
     // A resumption within the lifetime still works.
     let (resumed, resumed_data) = blob(7, 64 << 10);
@@ -263,6 +267,9 @@ async fn an_abandoned_upload_frees_its_room_and_a_resumed_one_completes() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
-    assert_eq!(stream_put(&server, &other, &other_data).await.unwrap(), other_data.len() as i64);
+    assert_eq!(
+        stream_put(&server, &other, &other_data).await.unwrap(),
+        other_data.len() as i64
+    );
     assert!(!server.store.contains(&abandoned).await.unwrap());
 }

@@ -67,7 +67,10 @@ async fn skipped_gaps_hide_only_what_is_below_them_and_store_failures_are_errors
             "{gaps:?}"
         );
     }
-    assert!(Tree::problem(&store, &root).await.is_err(), "a failure to look is not an answer");
+    assert!(
+        Tree::problem(&store, &root).await.is_err(),
+        "a failure to look is not an answer"
+    );
 }
 
 /// A directory still in the near cache but gone from the store of record is a problem: the
