@@ -9,7 +9,7 @@
 //!   disk store ([`DiskRefs`], [`DiskRecords`]) or in an object store ([`ObjectRefs`],
 //!   [`ObjectRecords`]).
 //! * `conformance` (feature `conformance`): the suite every backend must pass; `fault` (same
-//!   feature): [`fault::FaultyStore`], a wrapper that fails or hides chosen blobs.
+//!   feature): `fault::FaultyStore`, a wrapper that fails or hides chosen blobs.
 
 mod blob_store;
 #[cfg(any(test, feature = "conformance"))]
