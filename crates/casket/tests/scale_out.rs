@@ -24,7 +24,7 @@ use bytes::Bytes;
 use casket_model::{DigestFunction, RefName};
 use casket_store::{
     BlobStore, BlobStoreExt, DiskOptions, DiskStore, ObjectRecords, ObjectRefs, ObjectStoreBlobs,
-    RecordStore, RefStore, TieredStore,
+    RecordStore, RefStore, TOUCH_INTERVAL, TieredStore,
 };
 use support::garage::Garage;
 use support::tree::Tree;
@@ -47,6 +47,12 @@ fn s3_and_tiered_stores_pass_the_conformance_suite_on_garage() {
         let through_1 = garage_s3(&garage, 1).connect().unwrap();
         let through_2 = garage_s3(&garage, 2).connect().unwrap();
         casket_store::conformance::run_all(&ObjectStoreBlobs::new(through_1.clone(), "conformance-s3")).await;
+
+        let records = ObjectRecords::new(through_1.clone(), "conformance-records", "ac");
+        casket_store::conformance::run_records(&records, TOUCH_INTERVAL).await;
+        let refs = ObjectRefs::new(through_2.clone(), "conformance-refs");
+        let raw = ObjectRecords::new(through_2.clone(), "conformance-refs", "refs");
+        casket_store::conformance::run_refs(&refs, Some(&raw), TOUCH_INTERVAL).await;
 
         let near = DiskStore::open(dir.path().join("near"), DiskOptions::default()).unwrap();
         let far = Arc::new(ObjectStoreBlobs::new(through_2.clone(), "conformance-tiered"));
