@@ -226,7 +226,6 @@ impl<'a> Marker<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
     use std::sync::Arc;
 
     use bytes::Bytes;
@@ -315,6 +314,17 @@ mod tests {
             ok(self.blobs.inner().find_missing(digests).await)
         }
 
+        /// Stores `result` as the result of an action.
+        async fn put_result(&self, result: &reapi::ActionResult) {
+            let action = Digest::of(DigestFunction::Sha256, b"action");
+            let record = Bytes::from(result.encode_to_vec());
+            ok(self
+                .namespace
+                .action_cache
+                .put(&action_key(&action), record)
+                .await);
+        }
+
         async fn set_ref(&self, name: &str, root: &Digest) {
             ok(self.namespace.refs.set(&ok(RefName::new(name)), root).await);
         }
@@ -354,12 +364,7 @@ mod tests {
             stdout_digest: Some(stdout.to_proto()),
             ..Default::default()
         };
-        let action = Digest::of(DigestFunction::Sha256, b"action");
-        ok(bucket
-            .namespace
-            .action_cache
-            .put(&action_key(&action), Bytes::from(result.encode_to_vec()))
-            .await);
+        bucket.put_result(&result).await;
         // Unreachable: one old blob, one just written.
         let (orphan, newborn) = (bucket.put(b"orphan").await, bucket.put(b"newborn").await);
         bucket.age_blobs(
@@ -481,12 +486,7 @@ mod tests {
             ],
             ..Default::default()
         };
-        let action = Digest::of(DigestFunction::Sha256, b"action");
-        ok(bucket
-            .namespace
-            .action_cache
-            .put(&action_key(&action), Bytes::from(result.encode_to_vec()))
-            .await);
+        bucket.put_result(&result).await;
         let everything = [in_tree, under_root, tree_blob, root, orphan];
         bucket.age_blobs(&everything, 3 * DAY);
 
@@ -513,6 +513,5 @@ mod tests {
             Err(CacheError::Store(casket_store::StoreError::Unsupported(_)))
         ));
         assert!(ok(store.contains(&digest).await));
-        let _ = Path::new("");
     }
 }
