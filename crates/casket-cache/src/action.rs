@@ -14,15 +14,16 @@ use crate::error::{CacheError, Result};
 use crate::namespace::Namespace;
 
 /// What an action result references.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct References {
     /// Blobs a hit needs: output files, stdout and stderr, output-directory Tree blobs and the
     /// files inside them, and every directory and file under output directories given as
     /// root digests.
     pub needed: Vec<Digest>,
-    /// The directories inside output Trees: clients may store them as blobs too, so expiry
-    /// keeps them, but a hit does not need them (Bazel uploads only the Tree).
-    pub tree_directories: Vec<Digest>,
+    /// The output Trees that were read. Clients may store their directories as blobs too, so
+    /// expiry keeps those (hashing them only then), but a hit does not need them (Bazel uploads
+    /// only the Tree).
+    pub output_trees: Vec<reapi::Tree>,
     /// Why the result can never be a hit (an output Tree blob that is not a Tree), if so.
     pub unusable: Option<String>,
 }
@@ -57,13 +58,11 @@ pub async fn references(
                 match reapi::Tree::decode(bytes.as_ref()) {
                     Ok(tree) => {
                         for child in tree.root.iter().chain(&tree.children) {
-                            references
-                                .tree_directories
-                                .push(Digest::of(function, &child.encode_to_vec()));
                             for file in &child.files {
                                 references.needed.push(digest(file.digest.as_ref())?);
                             }
                         }
+                        references.output_trees.push(tree);
                     }
                     Err(e) => {
                         references.unusable = Some(format!("output tree {tree_digest} is not a Tree: {e}"));

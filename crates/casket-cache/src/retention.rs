@@ -201,7 +201,11 @@ impl<'a> Marker<'a> {
         match references(self.namespace.blobs.as_ref(), function, &result).await {
             Ok(references) => {
                 self.reached.extend(references.needed);
-                self.reached.extend(references.tree_directories);
+                for tree in &references.output_trees {
+                    let directories = tree.root.iter().chain(&tree.children);
+                    self.reached
+                        .extend(directories.map(|d| Digest::of(function, &d.encode_to_vec())));
+                }
                 Ok(true)
             }
             Err(CacheError::Corrupt(_)) => Ok(false),
