@@ -63,16 +63,6 @@ impl<T: Send + 'static> Parked<T> {
         self.uploads.run_pending_tasks();
     }
 
-    /// How many uploads are parked (expired ones may count until the next sweep).
-    pub fn len(&self) -> u64 {
-        self.uploads.entry_count()
-    }
-
-    /// Whether none is parked.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Sweeps every quarter lifetime (at least once a second) on the current runtime, for as
     /// long as `parked` lives.
     pub fn sweep_every(parked: &Arc<Self>) {
