@@ -79,18 +79,26 @@ fn fuzz(seconds: u64) -> anyhow::Result<()> {
 /// with a pure-Rust proto compiler, so building casket never needs protoc. REAPI types come from
 /// the `bazel-remote-apis` crate.
 fn codegen() -> anyhow::Result<()> {
-    let root = "crates/casket-remote";
-    let fds = protox::compile(["buildstream/v2/buildstream.proto"], [format!("{root}/proto")])?;
-    tonic_prost_build::configure()
-        .build_client(true)
-        .build_server(true)
-        .extern_path(
-            ".build.bazel.remote.execution.v2",
-            "::bazel_remote_apis::build::bazel::remote::execution::v2",
-        )
-        .out_dir(format!("{root}/src/generated"))
-        .compile_fds(fds)?;
-    println!("==> generated {root}/src/generated");
+    // BuildStream's ReferenceStorage (casket serve) and BuildGrid's LocalCAS (casket casd).
+    for (root, proto) in [
+        ("crates/casket-remote", "buildstream/v2/buildstream.proto"),
+        ("crates/casket-casd", "build/buildgrid/local_cas.proto"),
+    ] {
+        let fds = protox::compile([proto], [format!("{root}/proto")])?;
+        tonic_prost_build::configure()
+            .build_client(true)
+            .build_server(true)
+            .extern_path(
+                ".build.bazel.remote.execution.v2",
+                "::bazel_remote_apis::build::bazel::remote::execution::v2",
+            )
+            .compile_well_known_types(true)
+            .extern_path(".google.rpc", "::bazel_remote_apis::google::rpc")
+            .extern_path(".google.protobuf", "::bazel_remote_apis::google::protobuf")
+            .out_dir(format!("{root}/src/generated"))
+            .compile_fds(fds)?;
+        println!("==> generated {root}/src/generated");
+    }
     Ok(())
 }
 

@@ -185,7 +185,14 @@ pub fn open_bucket(config: &S3Config) -> Result<Namespace, OpenError> {
 }
 
 fn open_disk(path: &Path, fsync: bool) -> Result<DiskStore, OpenError> {
-    DiskStore::open(path, DiskOptions { fsync }).map_err(|source| OpenError::Disk {
+    DiskStore::open(
+        path,
+        DiskOptions {
+            fsync,
+            ..DiskOptions::default()
+        },
+    )
+    .map_err(|source| OpenError::Disk {
         path: path.to_owned(),
         source: Box::new(source),
     })

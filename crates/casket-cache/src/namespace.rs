@@ -2,7 +2,7 @@
 //! [`Namespaces`], which instance name is served by which.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use casket_store::{BlobStore, DiskRecords, DiskRefs, DiskStore, RecordStore, RefStore};
 
@@ -54,37 +54,72 @@ impl Namespace {
     }
 }
 
-/// Which namespace serves each instance name: the named ones from the configuration, and the
-/// default one for every other instance name (including the empty one).
-#[derive(Clone, Debug)]
+/// Which namespace serves each instance name: the named ones (from the configuration, or added
+/// while serving, as the local CAS daemon's remote proxies are), and the default one for the
+/// empty name and, unless the namespaces are strict, for every unknown name.
+#[derive(Debug)]
 pub struct Namespaces {
-    default: Namespace,
-    by_instance: HashMap<String, Namespace>,
+    default: Arc<Namespace>,
+    /// Whether unknown instance names are refused rather than served by the default.
+    strict: bool,
+    by_instance: RwLock<HashMap<String, Arc<Namespace>>>,
 }
 
 impl Namespaces {
     /// Every instance name served by `default`.
     pub fn new(default: Namespace) -> Self {
         Namespaces {
-            default,
-            by_instance: HashMap::new(),
+            default: Arc::new(default),
+            strict: false,
+            by_instance: RwLock::default(),
+        }
+    }
+
+    /// Only the empty instance name served by `default`; other names only once inserted.
+    pub fn strict(default: Namespace) -> Self {
+        Namespaces {
+            strict: true,
+            ..Namespaces::new(default)
         }
     }
 
     /// Serves `instance` from `namespace` instead of the default one.
-    pub fn insert(&mut self, instance: impl Into<String>, namespace: Namespace) {
-        self.by_instance.insert(instance.into(), namespace);
+    pub fn insert(&self, instance: impl Into<String>, namespace: Namespace) {
+        self.write().insert(instance.into(), Arc::new(namespace));
     }
 
-    /// The namespace serving `instance`.
-    pub fn get(&self, instance: &str) -> &Namespace {
-        self.by_instance.get(instance).unwrap_or(&self.default)
+    /// The namespace serving `instance`, or `None` for an unknown name of strict namespaces.
+    pub fn get(&self, instance: &str) -> Option<Arc<Namespace>> {
+        if let Some(namespace) = self.read().get(instance) {
+            return Some(namespace.clone());
+        }
+        (instance.is_empty() || !self.strict).then(|| self.default.clone())
+    }
+
+    /// The namespace serving the empty instance name.
+    pub fn default_namespace(&self) -> &Arc<Namespace> {
+        &self.default
     }
 
     /// Every namespace, the default one first, with the instance name it serves (`None` for
     /// the default).
-    pub fn all(&self) -> impl Iterator<Item = (Option<&str>, &Namespace)> {
-        std::iter::once((None, &self.default))
-            .chain(self.by_instance.iter().map(|(k, v)| (Some(k.as_str()), v)))
+    pub fn all(&self) -> Vec<(Option<String>, Arc<Namespace>)> {
+        let named = self.read();
+        std::iter::once((None, self.default.clone()))
+            .chain(named.iter().map(|(k, v)| (Some(k.clone()), v.clone())))
+            .collect()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Namespace>>> {
+        // A panic while holding the lock left the map itself intact.
+        self.by_instance
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<Namespace>>> {
+        self.by_instance
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }

@@ -16,7 +16,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -41,6 +41,14 @@ pub struct QuotaOptions {
     pub grace: Duration,
     /// Eviction frees down to this fraction of the limit, so it runs rarely.
     pub low_water: f64,
+    /// Above this fraction of the limit, writes start an eviction in the background (and do
+    /// not wait for it); writes wait only when the limit itself is reached.
+    pub cleanup_at: Option<f64>,
+    /// Objects used since then are never evicted either (BuildStream's protected session).
+    pub session_start: Option<SystemTime>,
+    /// Leave at least this many bytes free on the file system: the limit shrinks, when the
+    /// quota is opened, to what the store uses plus what is free beyond this headroom.
+    pub keep_free: Option<u64>,
 }
 
 impl Default for QuotaOptions {
@@ -49,6 +57,9 @@ impl Default for QuotaOptions {
             limit: None,
             grace: Duration::from_secs(600),
             low_water: 0.9,
+            cleanup_at: None,
+            session_start: None,
+            keep_free: None,
         }
     }
 }
@@ -95,13 +106,18 @@ impl Quota {
     /// to `listener`.
     pub async fn new(
         store: &DiskStore,
-        options: QuotaOptions,
+        mut options: QuotaOptions,
         listener: Arc<dyn EvictionListener>,
     ) -> Result<Self, StoreError> {
         let scanning = store.clone();
         tokio::task::spawn_blocking(move || scanning.track_usage())
             .await
             .map_err(|e| StoreError::Task(e.to_string()))??;
+        if let Some(keep_free) = options.keep_free {
+            let used = store.tracked_usage().unwrap_or_default().stored_bytes;
+            let room = used + free_space(store.root())?.saturating_sub(keep_free);
+            options.limit = Some(options.limit.map_or(room, |limit| limit.min(room)));
+        }
         Ok(Quota {
             store: store.clone(),
             refs: DiskRefs::new(store),
@@ -159,6 +175,26 @@ impl Quota {
         })
     }
 
+    /// Starts an eviction in the background when usage is over the cleanup threshold and
+    /// none is running; returns at once.
+    pub fn expire_early(self: &Arc<Self>) {
+        let (Some(limit), Some(threshold)) = (self.options.limit, self.options.cleanup_at) else {
+            return;
+        };
+        if ((self.usage().stored_bytes + self.reserved()) as f64) < limit as f64 * threshold {
+            return;
+        }
+        let quota = self.clone();
+        tokio::spawn(async move {
+            let Ok(_one_at_a_time) = quota.evicting.try_lock() else {
+                return;
+            };
+            if let Err(e) = quota.evict(0, limit).await {
+                tracing::warn!("background eviction failed: {e}");
+            }
+        });
+    }
+
     fn hold(&self, need: u64) -> Reservation {
         self.reserved.fetch_add(need, Ordering::Relaxed);
         Reservation {
@@ -177,9 +213,13 @@ impl Quota {
     async fn evict(&self, need: u64, limit: u64) -> Result<(), StoreError> {
         let low_water = (limit as f64 * self.options.low_water) as u64;
         let target = low_water.min(limit.saturating_sub(self.reserved() + need));
+        let session = self
+            .options
+            .session_start
+            .and_then(|start| SystemTime::now().duration_since(start).ok());
         let options = GcOptions {
             quota: target,
-            grace: self.options.grace,
+            grace: session.map_or(self.options.grace, |session| session.max(self.options.grace)),
         };
         let report = gc(&self.store, &self.refs, &options, &())
             .await
@@ -201,6 +241,16 @@ impl Quota {
         );
         Ok(())
     }
+}
+
+/// Bytes free for unprivileged users on the file system holding `path`.
+fn free_space(path: &Path) -> Result<u64, StoreError> {
+    let stat = rustix::fs::statvfs(path).map_err(|e| StoreError::Io {
+        op: "statvfs",
+        path: path.to_owned(),
+        source: e.into(),
+    })?;
+    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
 /// The quota of a tiered store's near disk: blobs are kept near only when they fit.
@@ -230,6 +280,14 @@ impl QuotaStore {
 
     /// Bytes a batch needs: the distinct declared blobs the store lacks, and every blob that
     /// declares no digest (finding the others touches them, which a store does anyway).
+    /// Reserves room for a write, then starts a background eviction if usage is over the
+    /// cleanup threshold.
+    async fn reserve(&self, bytes: u64) -> Result<Reservation, StoreError> {
+        let reservation = self.quota.reserve(bytes).await?;
+        self.quota.expire_early();
+        Ok(reservation)
+    }
+
     async fn new_bytes(&self, blobs: &[NewBlob]) -> Result<u64, StoreError> {
         let declared: HashSet<Digest> = blobs.iter().filter_map(|b| b.expected).collect();
         let declared: Vec<Digest> = declared.into_iter().collect();
@@ -272,7 +330,7 @@ impl BlobStore for QuotaStore {
     }
 
     async fn begin_write(&self, digest: &Digest) -> Result<Box<dyn BlobWriter>, StoreError> {
-        let reservation = self.quota.reserve(digest.size()).await?;
+        let reservation = self.reserve(digest.size()).await?;
         Ok(Box::new(ReservedWriter {
             inner: self.store.begin_write(digest).await?,
             _reservation: reservation,
@@ -298,7 +356,7 @@ impl BlobStore for QuotaStore {
             Some(_) => self.new_bytes(&blobs).await?,
             None => blobs.iter().map(|b| b.data.len() as u64).sum(),
         };
-        let _reservation = self.quota.reserve(bytes).await?;
+        let _reservation = self.reserve(bytes).await?;
         self.store.put_many(function, blobs).await
     }
 
@@ -315,7 +373,7 @@ impl BlobStore for QuotaStore {
                 source,
             })?
             .len();
-        let _reservation = self.quota.reserve(bytes).await?;
+        let _reservation = self.reserve(bytes).await?;
         self.store.ingest_file(path, function).await
     }
 

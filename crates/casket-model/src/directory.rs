@@ -77,7 +77,8 @@ impl NodeProperties {
         self.mtime.is_none() && self.unix_mode.is_none() && self.other.is_empty()
     }
 
-    fn to_proto(&self) -> Option<reapi::NodeProperties> {
+    /// The wire message, or `None` when no property is set.
+    pub fn to_proto(&self) -> Option<reapi::NodeProperties> {
         (!self.is_empty()).then(|| reapi::NodeProperties {
             properties: self
                 .other

@@ -11,4 +11,4 @@ pub mod compression;
 pub mod proto;
 pub mod resource_name;
 pub mod server;
-mod status;
+pub mod status;

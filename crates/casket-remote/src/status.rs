@@ -3,6 +3,8 @@
 use casket_cache::CacheError;
 use casket_store::StoreError;
 use casket_tree::TreeError;
+
+use crate::client::transfer::TransferError;
 use tonic::{Code, Status};
 
 /// The gRPC code for a store error.
@@ -29,7 +31,7 @@ pub(crate) fn store_code(e: &StoreError) -> Code {
 }
 
 /// A store error as a status.
-pub(crate) fn from_store(e: StoreError) -> Status {
+pub fn from_store(e: StoreError) -> Status {
     Status::new(store_code(&e), e.to_string())
 }
 
@@ -43,8 +45,25 @@ fn tree_code(e: &TreeError) -> Code {
     }
 }
 
+/// A tree error as a status.
+pub fn from_tree(e: TreeError) -> Status {
+    Status::new(tree_code(&e), e.to_string())
+}
+
+/// A failed transfer as a status: the remote's own code when an RPC failed.
+pub fn from_transfer(e: TransferError) -> Status {
+    let code = match &e {
+        TransferError::Remote { status, .. } => status.code(),
+        TransferError::Missing(_) => Code::NotFound,
+        TransferError::Corrupt { .. } => Code::DataLoss,
+        TransferError::Store(e) => store_code(e),
+        TransferError::Tree(e) => tree_code(e),
+    };
+    Status::new(code, e.to_string())
+}
+
 /// A cache error as a status.
-pub(crate) fn from_cache(e: CacheError) -> Status {
+pub fn from_cache(e: CacheError) -> Status {
     let code = match &e {
         CacheError::Invalid(_) => Code::InvalidArgument,
         CacheError::NotFound(_) => Code::NotFound,

@@ -168,7 +168,7 @@ async fn instance_names_map_to_their_own_stores() {
     let dir = tempfile::tempdir().unwrap();
     let default = DiskStore::open(dir.path().join("default"), DiskOptions::default()).unwrap();
     let release = DiskStore::open(dir.path().join("release"), DiskOptions::default()).unwrap();
-    let mut namespaces = Namespaces::new(Namespace::on_disk(&default));
+    let namespaces = Namespaces::new(Namespace::on_disk(&default));
     namespaces.insert("release", Namespace::on_disk(&release));
     let server = start_on(
         dir,

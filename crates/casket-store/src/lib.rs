@@ -28,7 +28,7 @@ pub use blob_store::{
     BlobStore, BlobStoreExt, BlobStream, BlobWriter, CHUNK_SIZE, ListedBlob, MAX_IN_MEMORY_BLOB, NewBlob,
     ReadRange, Usage, hash_file,
 };
-pub use disk::{DiskOptions, DiskStore, ObjectInfo, ObjectScan};
+pub use disk::{DiskOptions, DiskStore, Layout, ObjectInfo, ObjectScan};
 pub use error::{Result, StoreError};
 pub use memory::MemoryStore;
 pub use object::{

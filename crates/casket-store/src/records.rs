@@ -96,7 +96,7 @@ impl DiskRecords {
     /// The records of `kind` (a single path component, such as `ac`) kept beside `store`.
     pub fn new(store: &DiskStore, kind: &str) -> Self {
         DiskRecords {
-            dir: store.root().join(kind),
+            dir: store.records_dir().join(kind),
             tmp: store.tmp_dir(),
             fsync: store.options().fsync,
         }

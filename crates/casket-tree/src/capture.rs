@@ -31,6 +31,10 @@ pub struct CaptureOptions {
     pub mtime: bool,
     /// Record each file's and directory's permission bits as a node property.
     pub unix_mode: bool,
+    /// The permission bits recorded, when `unix_mode` is set.
+    pub unix_mode_mask: u32,
+    /// Leave out sockets, FIFOs and devices (as buildbox-casd does) instead of failing.
+    pub skip_special_files: bool,
     /// Files stored at once.
     pub concurrency: usize,
 }
@@ -41,6 +45,8 @@ impl Default for CaptureOptions {
             function: DigestFunction::Sha256,
             mtime: false,
             unix_mode: false,
+            unix_mode_mask: 0o7777,
+            skip_special_files: false,
             concurrency: crate::default_concurrency(),
         }
     }
@@ -349,6 +355,8 @@ fn scan(root: &Path, options: &CaptureOptions) -> Result<Scan> {
                 }
                 scan.symlinks += 1;
                 Item::Symlink(link)
+            } else if options.skip_special_files {
+                continue;
             } else {
                 return Err(TreeError::Unsupported {
                     path: child,
@@ -367,7 +375,7 @@ fn properties(meta: &fs::Metadata, options: &CaptureOptions, with_mode: bool) ->
             seconds: meta.mtime(),
             nanos: meta.mtime_nsec().clamp(0, 999_999_999) as u32,
         }),
-        unix_mode: (options.unix_mode && with_mode).then(|| meta.mode() & 0o7777),
+        unix_mode: (options.unix_mode && with_mode).then(|| meta.mode() & options.unix_mode_mask),
         other: Default::default(),
     }
 }

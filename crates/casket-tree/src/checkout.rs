@@ -17,7 +17,7 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use casket_model::{Digest, FileNode, Node, NodeProperties};
+use casket_model::{Digest, FileNode, Node, Timestamp};
 use casket_store::{BlobStore, ReadRange};
 use futures::{StreamExt, TryStreamExt};
 use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps};
@@ -43,6 +43,9 @@ pub struct CheckoutOptions {
     pub mode: CheckoutMode,
     /// Directories materialised at once.
     pub concurrency: usize,
+    /// The mtime of copied files that have none recorded (BuildStream stages every file at
+    /// its fixed 2011-11-11 11:11:11 UTC, for reproducible builds); `None` leaves them new.
+    pub mtime: Option<Timestamp>,
 }
 
 impl Default for CheckoutOptions {
@@ -50,6 +53,7 @@ impl Default for CheckoutOptions {
         CheckoutOptions {
             mode: CheckoutMode::Hardlink,
             concurrency: crate::default_concurrency(),
+            mtime: None,
         }
     }
 }
@@ -111,6 +115,7 @@ pub async fn checkout(
                 dest: dest.to_owned(),
                 root_fd: root_fd.try_clone(),
                 mode: options.mode,
+                mtime: options.mtime,
                 runtime: runtime.clone(),
             };
             let store = Arc::clone(store);
@@ -215,6 +220,7 @@ struct DirectoryJob {
     dest: PathBuf,
     root_fd: io::Result<OwnedFd>,
     mode: CheckoutMode,
+    mtime: Option<Timestamp>,
     runtime: tokio::runtime::Handle,
 }
 
@@ -244,7 +250,15 @@ impl DirectoryJob {
                     if linked {
                         done.linked += 1;
                     } else {
-                        copy_file(store, &self.runtime, file, &dir, name.as_str(), &target)?;
+                        copy_file(
+                            store,
+                            &self.runtime,
+                            file,
+                            self.mtime,
+                            &dir,
+                            name.as_str(),
+                            &target,
+                        )?;
                         done.copied += 1;
                     }
                     done.file_bytes += file.digest.size();
@@ -277,6 +291,7 @@ fn copy_file(
     store: &dyn BlobStore,
     runtime: &tokio::runtime::Handle,
     file: &FileNode,
+    default_mtime: Option<Timestamp>,
     dir: &OwnedFd,
     name: &str,
     target: &Path,
@@ -318,11 +333,11 @@ fn copy_file(
         rustix::fs::fchmod(&out, Mode::from_raw_mode(mode))
             .map_err(|e| io_error("chmod", target)(e.into()))?;
     }
-    set_mtime(&out, &file.properties, target)
+    set_mtime(&out, file.properties.mtime.or(default_mtime), target)
 }
 
-fn set_mtime(fd: impl rustix::fd::AsFd, properties: &NodeProperties, target: &Path) -> Result<()> {
-    let Some(mtime) = properties.mtime else {
+fn set_mtime(fd: impl rustix::fd::AsFd, mtime: Option<Timestamp>, target: &Path) -> Result<()> {
+    let Some(mtime) = mtime else {
         return Ok(());
     };
     let times = Timestamps {
@@ -356,7 +371,7 @@ fn apply_directory_properties(
             rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))
                 .map_err(|e| io_error("chmod", &target)(e.into()))?;
         }
-        set_mtime(&fd, properties, &target)?;
+        set_mtime(&fd, properties.mtime, &target)?;
     }
     Ok(())
 }

@@ -100,10 +100,27 @@ enum Command {
     /// Re-hash every object and check every ref's tree is complete.
     #[command(after_help = "Example: casket fsck --repair")]
     Fsck(commands::maintenance::FsckArgs),
+    /// Run as BuildStream 2's local CAS daemon (buildbox-casd's flags; see --help-casd).
+    #[command(after_help = "Examples:
+  casket casd --bind=unix:/tmp/casd.sock ~/.cache/buildstream
+  ln -s $(command -v casket) ~/bin/buildbox-casd    BuildStream 2 then uses casket")]
+    Casd(commands::casd::CasdArgs),
 }
 
 fn main() -> ExitCode {
+    // Run as `buildbox-casd` (a link on PATH), casket is BuildStream 2's CAS daemon.
+    let program = std::env::args_os().next().map(PathBuf::from);
+    if program.as_deref().and_then(|p| p.file_name()) == Some(commands::casd::CASD_NAME.as_ref()) {
+        return commands::casd::run(std::env::args().skip(1).collect());
+    }
     let cli = Cli::parse();
+    if let Command::Casd(casd) = cli.command {
+        let args = match casd.args.first().map(String::as_str) {
+            Some("--help-casd") => vec!["--help".to_owned()],
+            _ => casd.args,
+        };
+        return commands::casd::run(args);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("CASKET_LOG"))
         .with_writer(std::io::stderr)

@@ -24,6 +24,13 @@ impl Default for Backoff {
 }
 
 impl Backoff {
+    /// Waits whose first ceiling is `first` (instead of 50 ms).
+    pub(crate) fn starting_at(first: Duration) -> Self {
+        Backoff {
+            ceiling: first.min(CEILING),
+        }
+    }
+
     /// The next wait, in `[ceiling / 2, ceiling]`; the ceiling then doubles, up to 5 s.
     fn next_delay(&mut self) -> Duration {
         let delay = rand::random_range(self.ceiling / 2..=self.ceiling);

@@ -1,5 +1,7 @@
 //! Reaching a server: URLs, TLS, client certificates and bearer tokens.
 
+use std::time::Duration;
+
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
@@ -36,6 +38,12 @@ pub struct RemoteOptions {
     pub retries: u32,
     /// Use zstd for ByteStream transfers when the server offers it.
     pub compression: bool,
+    /// The ceiling of the first wait before a retry (it doubles with each retry).
+    pub retry_delay: Duration,
+    /// A deadline for each request, when set.
+    pub request_timeout: Option<Duration>,
+    /// HTTP/2 keepalive pings at this interval, when set.
+    pub keepalive: Option<Duration>,
 }
 
 impl RemoteOptions {
@@ -50,6 +58,9 @@ impl RemoteOptions {
             max_batch_bytes: MAX_BATCH_BYTES,
             retries: 5,
             compression: false,
+            retry_delay: Duration::from_millis(50),
+            request_timeout: None,
+            keepalive: None,
         }
     }
 }
@@ -82,7 +93,7 @@ pub enum ConnectError {
 
 /// Adds the bearer token, if any, to every request.
 #[derive(Clone, Debug)]
-pub(crate) struct Credentials {
+pub struct Credentials {
     authorization: Option<MetadataValue<Ascii>>,
 }
 
@@ -95,11 +106,28 @@ impl Interceptor for Credentials {
     }
 }
 
-/// The channel every client of a [`super::RemoteCas`] shares.
-pub(crate) type Transport = InterceptedService<Channel, Credentials>;
+/// The channel every client of a [`super::RemoteCas`] shares, with its credentials.
+pub type Transport = InterceptedService<Channel, Credentials>;
 
 /// Connects to `options.url`.
-pub(crate) async fn transport(options: &RemoteOptions) -> Result<Transport, ConnectError> {
+pub async fn transport(options: &RemoteOptions) -> Result<Transport, ConnectError> {
+    let channel = endpoint(options)?
+        .connect()
+        .await
+        .map_err(|source| ConnectError::Connect {
+            url: options.url.clone(),
+            source,
+        })?;
+    with_credentials(channel, options)
+}
+
+/// A channel to `options.url` that connects on first use (and again after a failure).
+pub fn lazy_transport(options: &RemoteOptions) -> Result<Transport, ConnectError> {
+    with_credentials(endpoint(options)?.connect_lazy(), options)
+}
+
+/// The endpoint for `options.url`, with TLS and the connection settings.
+fn endpoint(options: &RemoteOptions) -> Result<Endpoint, ConnectError> {
     let url = &options.url;
     let (tls, rest) = if let Some(rest) = url
         .strip_prefix("grpcs://")
@@ -124,6 +152,14 @@ pub(crate) async fn transport(options: &RemoteOptions) -> Result<Transport, Conn
         .tcp_nodelay(true)
         .initial_stream_window_size(Some(8 << 20))
         .initial_connection_window_size(Some(32 << 20));
+    if let Some(timeout) = options.request_timeout {
+        endpoint = endpoint.timeout(timeout);
+    }
+    if let Some(interval) = options.keepalive {
+        endpoint = endpoint
+            .http2_keep_alive_interval(interval)
+            .keep_alive_while_idle(true);
+    }
     if tls {
         let mut config = ClientTlsConfig::new().with_enabled_roots();
         if let Some(ca) = &options.tls.ca {
@@ -134,10 +170,11 @@ pub(crate) async fn transport(options: &RemoteOptions) -> Result<Transport, Conn
         }
         endpoint = endpoint.tls_config(config).map_err(ConnectError::Tls)?;
     }
-    let channel = endpoint.connect().await.map_err(|source| ConnectError::Connect {
-        url: url.clone(),
-        source,
-    })?;
+    Ok(endpoint)
+}
+
+/// `channel` with the bearer token of `options`, if any, on every request.
+fn with_credentials(channel: Channel, options: &RemoteOptions) -> Result<Transport, ConnectError> {
     let authorization = options
         .token
         .as_ref()

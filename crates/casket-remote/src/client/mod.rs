@@ -14,6 +14,7 @@
 mod backoff;
 mod connect;
 mod errors;
+mod lazy;
 mod refs;
 mod stats;
 mod store;
@@ -25,7 +26,10 @@ use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
 use tokio::sync::Semaphore;
 use tonic::{Code, Status};
 
-pub use connect::{ClientTls, ConnectError, RemoteOptions};
+pub use connect::{
+    ClientTls, ConnectError, Credentials, RemoteOptions, Transport, lazy_transport, transport,
+};
+pub use lazy::LazyRemote;
 pub use refs::RefService;
 pub use stats::Stats;
 
@@ -169,6 +173,11 @@ impl RemoteCas {
         &self.instance
     }
 
+    /// The connection, for other services of the same server (Remote Asset, ActionCache).
+    pub fn transport(&self) -> Transport {
+        self.transport.clone()
+    }
+
     /// Runs one RPC with a slot among the requests in flight, counted under `method`,
     /// retrying with jittered backoff while the server is away, slow or momentarily full.
     pub(crate) async fn call<T, F, Fut>(&self, method: &'static str, mut rpc: F) -> Result<T, Status>
@@ -176,7 +185,7 @@ impl RemoteCas {
         F: FnMut(connect::Transport) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
-        let mut backoff = backoff::Backoff::default();
+        let mut backoff = backoff::Backoff::starting_at(self.options.retry_delay);
         let mut attempt = 0;
         loop {
             let answer = {

@@ -90,23 +90,28 @@ impl RemoteCas {
                 requests.push((*function, request));
             }
         }
+        // Each request owns a handle on the remote, so that the future is `Send` wherever it
+        // is awaited (a handle is a few `Arc`s).
         let answers: Vec<Vec<Digest>> = futures::stream::iter(requests)
-            .map(|(function, request)| async move {
-                let response = self
-                    .call("FindMissingBlobs", |t| {
-                        let request = request.clone();
-                        async move { cas_client(t).find_missing_blobs(request).await }
-                    })
-                    .await?;
-                response
-                    .into_inner()
-                    .missing_blob_digests
-                    .iter()
-                    .map(|d| {
-                        Digest::from_proto(function, d)
-                            .map_err(|e| Status::internal(format!("server sent {e}")))
-                    })
-                    .collect::<Result<Vec<_>, Status>>()
+            .map(|(function, request)| {
+                let this = self.clone();
+                async move {
+                    let response = this
+                        .call("FindMissingBlobs", |t| {
+                            let request = request.clone();
+                            async move { cas_client(t).find_missing_blobs(request).await }
+                        })
+                        .await?;
+                    response
+                        .into_inner()
+                        .missing_blob_digests
+                        .iter()
+                        .map(|d| {
+                            Digest::from_proto(function, d)
+                                .map_err(|e| Status::internal(format!("server sent {e}")))
+                        })
+                        .collect::<Result<Vec<_>, Status>>()
+                }
             })
             .buffer_unordered(self.options.concurrency.max(1))
             .try_collect()

@@ -16,12 +16,12 @@ use super::metrics::Lookup;
 use crate::status::from_cache;
 
 /// The Fetch service.
-pub(crate) struct Fetch {
+pub struct Fetch {
     shared: Arc<Shared>,
 }
 
 /// The Push service.
-pub(crate) struct Push {
+pub struct Push {
     shared: Arc<Shared>,
 }
 
@@ -39,7 +39,7 @@ impl Fetch {
         qualifiers: &[asset::Qualifier],
     ) -> Result<(String, R, Digest), Status> {
         digest_function(function).map_err(from_cache)?;
-        let found = fetch_asset::<R>(self.shared.namespace(instance), uris, qualifiers).await;
+        let found = fetch_asset::<R>(&*self.shared.namespace(instance)?, uris, qualifiers).await;
         let metrics = &self.shared.metrics;
         metrics.lookups(Lookup::Asset, u64::from(found.is_ok()), u64::from(found.is_err()));
         found.map_err(from_cache)
@@ -112,8 +112,8 @@ impl asset::push_server::Push for Push {
         request: Request<asset::PushBlobRequest>,
     ) -> Result<Response<asset::PushBlobResponse>, Status> {
         let request = request.into_inner();
-        let namespace = self.shared.namespace(&request.instance_name);
-        push_asset(namespace, &request).await.map_err(from_cache)?;
+        let namespace = self.shared.namespace(&request.instance_name)?;
+        push_asset(&namespace, &request).await.map_err(from_cache)?;
         Ok(Response::new(asset::PushBlobResponse {}))
     }
 
@@ -122,8 +122,8 @@ impl asset::push_server::Push for Push {
         request: Request<asset::PushDirectoryRequest>,
     ) -> Result<Response<asset::PushDirectoryResponse>, Status> {
         let request = request.into_inner();
-        let namespace = self.shared.namespace(&request.instance_name);
-        push_asset(namespace, &request).await.map_err(from_cache)?;
+        let namespace = self.shared.namespace(&request.instance_name)?;
+        push_asset(&namespace, &request).await.map_err(from_cache)?;
         Ok(Response::new(asset::PushDirectoryResponse {}))
     }
 }

@@ -87,7 +87,7 @@ impl ByteStream {
     async fn start_upload(&self, name: &ResourceName) -> Result<Upload, Status> {
         let writer = self
             .shared
-            .namespace(&name.instance)
+            .namespace(&name.instance)?
             .blobs
             .begin_write(&name.digest)
             .await
@@ -136,7 +136,7 @@ impl byte_stream_server::ByteStream for ByteStream {
         };
         let found = self
             .shared
-            .namespace(&name.instance)
+            .namespace(&name.instance)?
             .blobs
             .read(&name.digest, range)
             .await
@@ -171,7 +171,7 @@ impl byte_stream_server::ByteStream for ByteStream {
             .ok_or_else(|| Status::invalid_argument("an empty write stream"))?;
         let resource = message.resource_name.clone();
         let name = ResourceName::parse_write(&resource).map_err(invalid)?;
-        let blobs = &self.shared.namespace(&name.instance).blobs;
+        let blobs = &self.shared.namespace(&name.instance)?.blobs;
         // Already stored: answer at once, without reading the rest.
         if message.write_offset == 0 && blobs.contains(&name.digest).await.map_err(from_store)? {
             let size = if name.compressor.is_some() {
@@ -233,7 +233,7 @@ impl byte_stream_server::ByteStream for ByteStream {
         let name = ResourceName::parse_write(&resource).map_err(invalid)?;
         if self
             .shared
-            .namespace(&name.instance)
+            .namespace(&name.instance)?
             .blobs
             .contains(&name.digest)
             .await

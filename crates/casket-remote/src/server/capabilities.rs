@@ -36,7 +36,7 @@ impl reapi::capabilities_server::Capabilities for Capabilities {
         &self,
         request: Request<reapi::GetCapabilitiesRequest>,
     ) -> Result<Response<reapi::ServerCapabilities>, Status> {
-        let namespace = self.shared.namespace(&request.get_ref().instance_name);
+        let namespace = self.shared.namespace(&request.get_ref().instance_name)?;
         // 0: no limit.
         let max_blob = namespace.max_blob_size().unwrap_or(0);
         let cache = reapi::CacheCapabilities {

@@ -68,7 +68,7 @@ impl reapi::content_addressable_storage_server::ContentAddressableStorage for Ca
             .map_err(from_cache)?;
         let missing = self
             .shared
-            .namespace(&request.instance_name)
+            .namespace(&request.instance_name)?
             .blobs
             .find_missing(&digests)
             .await
@@ -100,7 +100,7 @@ impl reapi::content_addressable_storage_server::ContentAddressableStorage for Ca
                 "batch of {total} bytes exceeds max_batch_total_size_bytes {limit}"
             )));
         }
-        let namespace = self.shared.namespace(&request.instance_name);
+        let namespace = self.shared.namespace(&request.instance_name)?;
         let mut responses = Vec::with_capacity(request.requests.len());
         let mut accepted = Vec::new();
         for blob in request.requests {
@@ -169,7 +169,7 @@ impl reapi::content_addressable_storage_server::ContentAddressableStorage for Ca
                 "batch of {total} bytes exceeds max_batch_total_size_bytes {limit}"
             )));
         }
-        let blobs = &self.shared.namespace(&request.instance_name).blobs;
+        let blobs = &self.shared.namespace(&request.instance_name)?.blobs;
         let parsed: Vec<Result<Digest, Status>> = request
             .digests
             .iter()
@@ -224,7 +224,7 @@ impl reapi::content_addressable_storage_server::ContentAddressableStorage for Ca
                 .map_err(|_| Status::invalid_argument(format!("invalid page token {token:?}")))?,
         };
         let page_size = usize::try_from(request.page_size).unwrap_or(0);
-        let directories = tree_breadth_first(self.shared.namespace(&request.instance_name), &root).await?;
+        let directories = tree_breadth_first(&*self.shared.namespace(&request.instance_name)?, &root).await?;
         let end = match page_size {
             0 => directories.len(),
             n => directories.len().min(start.saturating_add(n)),

@@ -29,9 +29,12 @@ use reapi::action_cache_server::ActionCacheServer;
 use reapi::capabilities_server::CapabilitiesServer;
 use reapi::content_addressable_storage_server::ContentAddressableStorageServer;
 use tokio::net::TcpListener;
+use tonic::Status;
+use tonic::service::RoutesBuilder;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 pub use access::{Access, AccessPolicy, TokenFileError};
+pub use asset::{Fetch as AssetFetch, Push as AssetPush};
 pub use metrics::Metrics;
 pub use monitoring::serve_monitoring;
 
@@ -117,9 +120,12 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// The namespace serving `instance`.
-    pub(crate) fn namespace(&self, instance: &str) -> &Namespace {
-        self.namespaces.get(instance)
+    /// The namespace serving `instance`: INVALID_ARGUMENT for a name nothing serves (as
+    /// buildbox-casd answers).
+    pub(crate) fn namespace(&self, instance: &str) -> Result<Arc<Namespace>, Status> {
+        self.namespaces
+            .get(instance)
+            .ok_or_else(|| Status::invalid_argument(format!("Invalid instance name {instance:?}")))
     }
 }
 
@@ -143,10 +149,11 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    let max_batch_bytes = options.max_batch_bytes.min(MAX_BATCH_BYTES);
     let shared = Arc::new(Shared {
         namespaces,
         metrics: metrics.clone(),
-        max_batch_bytes: options.max_batch_bytes.min(MAX_BATCH_BYTES),
+        max_batch_bytes,
         upload_lifetime: options.upload_lifetime,
     });
     let (_health_reporter, health) = tonic_health::server::health_reporter();
@@ -163,11 +170,54 @@ pub async fn serve(
     if let Some(tls) = &options.tls {
         builder = builder.tls_config(tls_config(tls)).map_err(ServeError::Tls)?;
     }
+    let mut routes = cache_routes_of(&shared);
+    if options.remote_asset {
+        routes
+            .add_service(FetchServer::new(asset::Fetch::new(shared.clone())))
+            .add_service(PushServer::new(asset::Push::new(shared.clone())));
+    }
+    routes
+        .add_service(health)
+        .add_service(ReferenceStorageServer::new(reference::ReferenceStorage::new(
+            shared,
+        )));
     builder
         .layer(MetricsLayer::new(metrics))
         .layer(AccessLayer::new(options.access, options.disabled_methods))
-        .layer(LimitsLayer::new(shared.max_batch_bytes))
-        .add_service(health)
+        .layer(LimitsLayer::new(max_batch_bytes))
+        .add_routes(routes.routes())
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await?;
+    Ok(())
+}
+
+/// The REAPI cache services (Capabilities, ContentAddressableStorage, ByteStream, ActionCache)
+/// over `namespaces`, for a server that adds its own services and transport (the local CAS
+/// daemon): the same handlers `serve` mounts, without its access policy.
+pub fn cache_routes(namespaces: Arc<Namespaces>, metrics: Arc<Metrics>) -> RoutesBuilder {
+    cache_routes_of(&Arc::new(Shared {
+        namespaces,
+        metrics,
+        max_batch_bytes: MAX_BATCH_BYTES,
+        upload_lifetime: UPLOAD_LIFETIME,
+    }))
+}
+
+/// The Remote Asset handlers over `namespaces`, for a server that wraps them (the local CAS
+/// daemon forwards its proxy instances' requests and hands the rest to these).
+pub fn asset_handlers(namespaces: Arc<Namespaces>, metrics: Arc<Metrics>) -> (AssetFetch, AssetPush) {
+    let shared = Arc::new(Shared {
+        namespaces,
+        metrics,
+        max_batch_bytes: MAX_BATCH_BYTES,
+        upload_lifetime: UPLOAD_LIFETIME,
+    });
+    (asset::Fetch::new(shared.clone()), asset::Push::new(shared))
+}
+
+fn cache_routes_of(shared: &Arc<Shared>) -> RoutesBuilder {
+    let mut routes = RoutesBuilder::default();
+    routes
         .add_service(CapabilitiesServer::new(capabilities::Capabilities::new(
             shared.clone(),
         )))
@@ -185,23 +235,8 @@ pub async fn serve(
             ActionCacheServer::new(action_cache::ActionCache::new(shared.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        )
-        .add_optional_service(
-            options
-                .remote_asset
-                .then(|| FetchServer::new(asset::Fetch::new(shared.clone()))),
-        )
-        .add_optional_service(
-            options
-                .remote_asset
-                .then(|| PushServer::new(asset::Push::new(shared.clone()))),
-        )
-        .add_service(ReferenceStorageServer::new(reference::ReferenceStorage::new(
-            shared,
-        )))
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await?;
-    Ok(())
+        );
+    routes
 }
 
 fn tls_config(tls: &TlsOptions) -> ServerTlsConfig {

@@ -26,8 +26,9 @@ impl Monitored {
     fn refresh_usage(&self) -> Vec<serde_json::Value> {
         self.namespaces
             .all()
+            .into_iter()
             .map(|(instance, namespace)| {
-                let label = instance.unwrap_or("default");
+                let label = instance.as_deref().unwrap_or("default");
                 let mut entry = serde_json::json!({
                     "namespace": label,
                     "store": namespace.description,

@@ -35,9 +35,9 @@ impl reference_storage_server::ReferenceStorage for ReferenceStorage {
         request: Request<GetReferenceRequest>,
     ) -> Result<Response<GetReferenceResponse>, Status> {
         let request = request.into_inner();
-        let namespace = self.shared.namespace(&request.instance_name);
+        let namespace = self.shared.namespace(&request.instance_name)?;
         let found = match ref_name(&request.key) {
-            Ok(name) => get_ref(namespace, &name).await,
+            Ok(name) => get_ref(&namespace, &name).await,
             Err(e) => Err(e),
         };
         self.shared
@@ -63,7 +63,7 @@ impl reference_storage_server::ReferenceStorage for ReferenceStorage {
             .map(|k| ref_name(k))
             .collect::<Result<Vec<_>, _>>()
             .map_err(from_cache)?;
-        set_refs(self.shared.namespace(&request.instance_name), &names, &root)
+        set_refs(&*self.shared.namespace(&request.instance_name)?, &names, &root)
             .await
             .map_err(from_cache)?;
         Ok(Response::new(UpdateReferenceResponse {}))

@@ -50,7 +50,7 @@ impl DiskStore {
         let mut scan = ObjectScan::default();
         let mut variants = Vec::new();
         for function in DigestFunction::ALL {
-            let dir = self.root.join("cas").join(function.name());
+            let dir = self.objects_dir(function);
             for byte in 0..=255u8 {
                 let prefix = format!("{byte:02x}");
                 let fanout = dir.join(&prefix);

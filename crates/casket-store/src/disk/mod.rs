@@ -1,6 +1,6 @@
 //! `DiskStore`: blobs as read-only files under a root directory.
 //!
-//! Layout (see ARCHITECTURE.md):
+//! Layouts (see ARCHITECTURE.md), casket's own:
 //!
 //! ```text
 //! ROOT/casket-store              marker: "casket disk store 1"
@@ -8,7 +8,17 @@
 //! ROOT/cas/sha256/ab/cdef....x   its executable variant (mode 0555), made on first need
 //! ROOT/cas/blake3/ab/cdef...
 //! ROOT/tmp/                      where objects are written (O_TMPFILE) before being linked
-//! ROOT/refs/project/element/key  ref files holding a digest
+//! ROOT/refs/project/element/key  ref files holding a digest (ac/, assets/: records)
+//! ```
+//!
+//! and buildbox-casd's ([`Layout::Casd`]), which BuildStream 2 and buildbox-run read directly
+//! and the rest of the root belongs to them:
+//!
+//! ```text
+//! ROOT/cas/objects/ab/cdef...    SHA-256 objects, mode 0444 (no executable variants)
+//! ROOT/cas/tmp/                  where objects are written
+//! ROOT/cas/casket/blake3/ab/...  objects of other digest functions
+//! ROOT/cas/casket/refs/...       casket's refs and records (ac/, assets/)
 //! ```
 //!
 //! The 256 fan-out directories per function are created once, with the marker, so the write
@@ -46,6 +56,11 @@ use crate::error::{IoContext, Result, StoreError, blocking};
 const MARKER_FILE: &str = "casket-store";
 const MARKER: &str = "casket disk store 1\n";
 
+/// buildbox-casd's object directory (SHA-256 only), relative to the root.
+const CASD_OBJECTS: &str = "cas/objects";
+/// What casket keeps of its own in a buildbox-casd cache, relative to the root.
+const CASD_OWN: &str = "cas/casket";
+
 /// Blobs up to this size are read whole when opened, in one blocking call.
 const SMALL_READ: u64 = 256 << 10;
 
@@ -55,18 +70,32 @@ const VARIANT_SUFFIX: &str = ".x";
 /// An object used within this long is not touched again; keeps LRU bookkeeping off the hot path.
 const TOUCH_GRANULARITY: Duration = Duration::from_secs(60);
 
+/// Where a [`DiskStore`] keeps its files (see the module documentation).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Layout {
+    /// casket's own: objects by digest function, executable variants, records at the root.
+    #[default]
+    Casket,
+    /// buildbox-casd's `cas/objects`, shared with BuildStream 2: a cache either daemon wrote
+    /// can be opened by the other.
+    Casd,
+}
+
 /// How a [`DiskStore`] writes.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct DiskOptions {
     /// `fsync` each object before it is renamed into place, and its directory after, so a
     /// completed write survives a power loss (a process crash never needs it).
     pub fsync: bool,
+    /// The layout of a store created by `open`; an existing store keeps the one it has.
+    pub layout: Layout,
 }
 
 /// A content-addressable store in a local directory. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct DiskStore {
     root: PathBuf,
+    /// Its options, with the layout it actually has.
     options: DiskOptions,
     /// Whether reads and existence checks count as use (the LRU clock).
     touch: bool,
@@ -75,18 +104,28 @@ pub struct DiskStore {
 }
 
 impl DiskStore {
-    /// Opens the store at `root`, creating it if needed.
-    pub fn open(root: impl Into<PathBuf>, options: DiskOptions) -> Result<Self> {
+    /// Opens the store at `root`, creating it if needed: a casket store where the marker is,
+    /// a buildbox-casd cache where `cas/objects` is (taken over as it is), else a new store of
+    /// `options.layout`.
+    pub fn open(root: impl Into<PathBuf>, mut options: DiskOptions) -> Result<Self> {
         let root = root.into();
         // Absolute, so that no operation has to look up the working directory again.
         let root = std::path::absolute(&root).io_context("resolve", root)?;
+        let marker = root.join(MARKER_FILE);
+        if !marker.exists() && root.join(CASD_OBJECTS).is_dir() {
+            options.layout = Layout::Casd;
+        }
         let store = DiskStore {
             root,
             options,
             touch: true,
             accounting: Arc::default(),
         };
-        let marker = store.root.join(MARKER_FILE);
+        if options.layout == Layout::Casd {
+            // casd makes fan-out directories on demand; casket's write path needs them all.
+            store.create_layout()?;
+            return Ok(store);
+        }
         match fs::read_to_string(&marker) {
             Ok(text) if text == MARKER => {}
             Ok(text) => {
@@ -102,16 +141,27 @@ impl DiskStore {
         Ok(store)
     }
 
+    /// Creates what is missing of the layout, then (casket's own) the marker.
     fn create_layout(&self) -> Result<()> {
         for function in DigestFunction::ALL {
-            let dir = self.root.join("cas").join(function.name());
+            let dir = self.objects_dir(function);
             for byte in 0..=255u8 {
                 let fanout = dir.join(format!("{byte:02x}"));
-                fs::create_dir_all(&fanout).io_context("create", fanout)?;
+                if !fanout.is_dir() {
+                    fs::create_dir_all(&fanout).io_context("create", fanout)?;
+                }
             }
         }
         for dir in [self.tmp_dir(), self.refs_dir()] {
             fs::create_dir_all(&dir).io_context("create", dir)?;
+        }
+        if self.options.layout == Layout::Casd {
+            // BuildStream links files straight from `cas/objects`, empty ones included.
+            let empty = DigestFunction::Sha256.empty_digest();
+            if !self.object_path(&empty).exists() {
+                self.install(self.create_temp(false)?, &empty)?;
+            }
+            return Ok(());
         }
         let marker = tempfile::NamedTempFile::new_in(self.tmp_dir()).io_context("create", self.tmp_dir())?;
         fs::write(marker.path(), MARKER).io_context("write", marker.path())?;
@@ -152,21 +202,45 @@ impl DiskStore {
         &self.root
     }
 
+    /// The store's layout.
+    pub fn layout(&self) -> Layout {
+        self.options.layout
+    }
+
     /// Where temporary files live (same file system as the objects).
     pub fn tmp_dir(&self) -> PathBuf {
-        self.root.join("tmp")
+        match self.options.layout {
+            Layout::Casket => self.root.join("tmp"),
+            Layout::Casd => self.root.join("cas/tmp"),
+        }
+    }
+
+    /// Where refs and records (one directory per kind) live.
+    pub fn records_dir(&self) -> PathBuf {
+        match self.options.layout {
+            Layout::Casket => self.root.clone(),
+            Layout::Casd => self.root.join(CASD_OWN),
+        }
     }
 
     /// Where ref files live.
     pub fn refs_dir(&self) -> PathBuf {
-        self.root.join("refs")
+        self.records_dir().join("refs")
+    }
+
+    /// The directory holding the fan-out directories of `function`'s objects.
+    fn objects_dir(&self, function: DigestFunction) -> PathBuf {
+        match (self.options.layout, function) {
+            (Layout::Casket, _) => self.root.join("cas").join(function.name()),
+            (Layout::Casd, DigestFunction::Sha256) => self.root.join(CASD_OBJECTS),
+            (Layout::Casd, _) => self.root.join(CASD_OWN).join(function.name()),
+        }
     }
 
     /// The path of the object for `digest` (which may not exist).
     pub fn object_path(&self, digest: &Digest) -> PathBuf {
         let hex = digest.hash_hex();
-        let mut path = self.root.join("cas");
-        path.push(digest.function().name());
+        let mut path = self.objects_dir(digest.function());
         path.push(&hex[..2]);
         path.push(&hex[2..]);
         path
@@ -387,6 +461,10 @@ impl BlobStore for DiskStore {
     }
 
     async fn delete(&self, digest: &Digest) -> Result<bool> {
+        // Always present; in casd's layout, also a file BuildStream links.
+        if digest.is_empty_blob() {
+            return Ok(false);
+        }
         let store = self.clone();
         let digest = *digest;
         blocking(move || {
@@ -430,7 +508,11 @@ impl BlobStore for DiskStore {
 
     fn local_file(&self, digest: &Digest, executable: bool) -> Result<Option<PathBuf>> {
         if executable {
-            return self.executable_variant(digest);
+            // BuildStream reads casd's objects directory and does not expect variants there.
+            return match self.options.layout {
+                Layout::Casket => self.executable_variant(digest),
+                Layout::Casd => Ok(None),
+            };
         }
         // No stat: callers check presence in bulk (`find_missing`), and a link to a file that
         // vanished since fails cleanly.

@@ -9,6 +9,7 @@ macro_rules! out {
 }
 
 pub mod blob;
+pub mod casd;
 pub mod maintenance;
 pub mod refs;
 pub mod remote;
@@ -44,8 +45,14 @@ impl Context {
             Some(root) => root.clone(),
             None => default_store()?,
         };
-        let disk = DiskStore::open(&root, DiskOptions { fsync: global.fsync })
-            .with_context(|| format!("cannot open the store at {}", root.display()))?;
+        let disk = DiskStore::open(
+            &root,
+            DiskOptions {
+                fsync: global.fsync,
+                ..DiskOptions::default()
+            },
+        )
+        .with_context(|| format!("cannot open the store at {}", root.display()))?;
         Ok(Context {
             refs: DiskRefs::new(&disk),
             blobs: Arc::new(disk.clone()),
@@ -90,6 +97,7 @@ pub async fn run(global: Global, command: Command) -> anyhow::Result<ExitCode> {
     let cx = Context::open(&global)?;
     match command {
         Command::Serve(_) => unreachable!("handled above"),
+        Command::Casd(_) => unreachable!("main runs the daemon on its own runtime"),
         Command::Push(args) => remote::push(&cx, args).await,
         Command::Pull(args) => remote::pull(&cx, args).await,
         Command::Capture(args) => tree::capture(&cx, args).await,

@@ -171,7 +171,7 @@ pub async fn pull(cx: &Context, args: PullArgs) -> anyhow::Result<ExitCode> {
     if let Some(dir) = &args.dir {
         let options = CheckoutOptions {
             mode: CheckoutMode::Hardlink,
-            concurrency: casket_tree::default_concurrency(),
+            ..CheckoutOptions::default()
         };
         casket_tree::checkout(&cx.blobs, &root, dir, &options, &())
             .await

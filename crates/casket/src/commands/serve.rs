@@ -188,7 +188,7 @@ pub async fn serve(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode>
     };
     let default = open_namespace(&settings.store, &options).await?;
     let serving = default.description.clone();
-    let mut namespaces = Namespaces::new(default);
+    let namespaces = Namespaces::new(default);
     for (instance, store) in &settings.instances {
         let options = OpenOptions {
             quota: QuotaOptions {

@@ -81,6 +81,7 @@ pub async fn capture(cx: &Context, args: CaptureArgs) -> anyhow::Result<ExitCode
         mtime: args.mtime,
         unix_mode: args.unix_mode,
         concurrency: args.jobs.unwrap_or_else(casket_tree::default_concurrency),
+        ..CaptureOptions::default()
     };
     let bar = Bar::new("capture", cx.quiet);
     let started = std::time::Instant::now();
@@ -132,6 +133,7 @@ pub async fn checkout(cx: &Context, args: CheckoutArgs) -> anyhow::Result<ExitCo
             CheckoutMode::Hardlink
         },
         concurrency: args.jobs.unwrap_or_else(casket_tree::default_concurrency),
+        ..CheckoutOptions::default()
     };
     let bar = Bar::new("checkout", cx.quiet);
     let started = std::time::Instant::now();

@@ -21,7 +21,7 @@ use casket_tree::TreeError;
 use futures::{StreamExt, TryStreamExt};
 use tonic::Status;
 
-pub use pull::pull_tree;
+pub use pull::{pull_blobs, pull_directories, pull_tree};
 pub use push::{push_blobs, push_tree};
 
 use super::RemoteCas;

@@ -70,6 +70,36 @@ pub async fn pull_tree(
     root: &Digest,
     progress: Arc<dyn Progress>,
 ) -> Result<TransferReport, TransferError> {
+    pull(remote, local, root, progress, true).await
+}
+
+/// Fetches the directories of the tree under `root` into `local`, not its files: enough to
+/// list the tree or to ask which of its files are where.
+pub async fn pull_directories(
+    remote: &RemoteCas,
+    local: Arc<dyn BlobStore>,
+    root: &Digest,
+) -> Result<TransferReport, TransferError> {
+    pull(remote, local, root, Arc::new(()), false).await
+}
+
+/// Fetches `digests` (which `local` lacks) from `remote` into `local`: batches within the
+/// negotiated limit, streams for large blobs, several at once.
+pub async fn pull_blobs(
+    remote: &RemoteCas,
+    local: Arc<dyn BlobStore>,
+    digests: Vec<Digest>,
+) -> Result<(), TransferError> {
+    fetch_blobs(remote, local, digests, &()).await
+}
+
+async fn pull(
+    remote: &RemoteCas,
+    local: Arc<dyn BlobStore>,
+    root: &Digest,
+    progress: Arc<dyn Progress>,
+    with_files: bool,
+) -> Result<TransferReport, TransferError> {
     let start = Instant::now();
     let mut tally = Tally::default();
     let mut file_fetches = tokio::task::JoinSet::new();
@@ -96,7 +126,9 @@ pub async fn pull_tree(
             for (_, node) in read_directory(local.as_ref(), digest).await?.entries() {
                 match node {
                     Node::Directory(child) => next.push(*child),
-                    Node::File(file) if seen_files.insert(file.digest) => files.push(file.digest),
+                    Node::File(file) if with_files && seen_files.insert(file.digest) => {
+                        files.push(file.digest)
+                    }
                     _ => {}
                 }
             }

@@ -9,6 +9,7 @@ use casket_model::Digest;
 use casket_store::{BlobStore, ReadRange, StoreError};
 use casket_tree::{Progress, Tree};
 use futures::StreamExt;
+use futures::stream::BoxStream;
 use tonic::Status;
 
 use super::{TransferError, TransferReport, batched_and_streamed, failed};
@@ -59,8 +60,13 @@ pub async fn push_blobs(
         remote,
         missing,
         true, // Every REAPI server takes BatchUpdateBlobs.
-        |batch| upload_batch(local.clone(), remote, batch, progress),
-        |digest| upload_stream(local.clone(), remote, digest, progress),
+        // Each upload owns its handles on both stores, so that the whole future is `Send` (a
+        // tonic handler can await it).
+        {
+            let local = local.clone();
+            move |batch| upload_batch(local.clone(), remote.clone(), batch, progress)
+        },
+        move |digest| upload_stream(local.clone(), remote.clone(), digest, progress),
     )
     .await?;
     report.seconds = start.elapsed().as_secs_f64();
@@ -70,7 +76,7 @@ pub async fn push_blobs(
 /// Reads `batch` locally and sends it in one BatchUpdateBlobs.
 async fn upload_batch(
     local: Arc<dyn BlobStore>,
-    remote: &RemoteCas,
+    remote: RemoteCas,
     batch: Vec<Digest>,
     progress: &dyn Progress,
 ) -> Result<(), TransferError> {
@@ -104,7 +110,7 @@ async fn upload_batch(
 /// server kept and continues from there; a compressed upload starts again.
 async fn upload_stream(
     local: Arc<dyn BlobStore>,
-    remote: &RemoteCas,
+    remote: RemoteCas,
     digest: Digest,
     progress: &dyn Progress,
 ) -> Result<(), TransferError> {
@@ -129,8 +135,8 @@ async fn upload_stream(
             .await?
             .ok_or(StoreError::NotFound(digest))?;
         let requests = match zstd {
-            Some(_) => compressed_write_requests(name.clone(), chunks).boxed(),
-            None => write_requests(name.clone(), offset, digest.size(), chunks).boxed(),
+            Some(_) => compressed_write_requests(name.clone(), chunks),
+            None => write_requests(name.clone(), offset, digest.size(), chunks),
         };
         let _slot = remote
             .in_flight
@@ -167,7 +173,7 @@ async fn upload_stream(
                 if zstd.is_some() {
                     name = write_name(&remote.instance, &upload_id(), &digest, zstd);
                 } else {
-                    offset = resume_offset(remote, &name).await;
+                    offset = resume_offset(&remote, &name).await;
                 }
                 tracing::debug!(%digest, offset, "resuming upload");
             }
@@ -178,27 +184,61 @@ async fn upload_stream(
 
 /// The WriteRequests of a whole blob in zstd: one compressed message per local chunk (offsets
 /// count compressed bytes, as the spec says), then the end of the frame, finishing the write.
-fn compressed_write_requests(
-    name: String,
-    chunks: casket_store::BlobStream,
-) -> impl futures::Stream<Item = WriteRequest> + Send + 'static {
-    // A read error ends the stream early; the server then never sees finish_write.
-    let pieces = compress_stream(chunks).scan((), |(), piece| {
-        if let Err(e) = &piece {
-            tracing::warn!(error = %e, "compressing an upload failed");
-        }
-        futures::future::ready(piece.ok())
-    });
-    pieces.scan(0u64, move |sent, piece| {
-        let request = WriteRequest {
-            resource_name: if *sent == 0 { name.clone() } else { String::new() },
-            write_offset: *sent as i64,
-            finish_write: piece.last,
-            data: piece.data.to_vec(),
-        };
-        *sent += piece.data.len() as u64;
-        futures::future::ready(Some(request))
-    })
+fn compressed_write_requests(name: String, chunks: casket_store::BlobStream) -> SyncStream {
+    // `unfold` over owned state rather than `scan`: a stream of closures taking `&mut` state
+    // is not provably `Send`, and this one is awaited in tonic handlers.
+    let pieces = compress_stream(chunks).boxed();
+    futures::stream::unfold(
+        (pieces, 0u64, Some(name)),
+        |(mut pieces, sent, mut name)| async move {
+            // A read error ends the stream early; the server then never sees finish_write.
+            let piece = match pieces.next().await? {
+                Ok(piece) => piece,
+                Err(e) => {
+                    tracing::warn!(error = %e, "compressing an upload failed");
+                    return None;
+                }
+            };
+            let request = WriteRequest {
+                resource_name: name.take().unwrap_or_default(),
+                write_offset: sent as i64,
+                finish_write: piece.last,
+                data: piece.data.to_vec(),
+            };
+            let sent = sent + piece.data.len() as u64;
+            Some((request, (pieces, sent, name)))
+        },
+    )
+    .boxed()
+    .into()
+}
+
+/// A stream of requests that is `Sync` as well as `Send`, so that a future awaiting a tonic
+/// call with it (which holds a reference to it) is `Send`: tonic handlers can push. A boxed
+/// stream is not `Sync`; the mutex makes it so at no cost, since polling goes through
+/// `&mut self` and never locks.
+pub(crate) struct SyncStream(std::sync::Mutex<BoxStream<'static, WriteRequest>>);
+
+impl From<BoxStream<'static, WriteRequest>> for SyncStream {
+    fn from(stream: BoxStream<'static, WriteRequest>) -> Self {
+        SyncStream(std::sync::Mutex::new(stream))
+    }
+}
+
+impl futures::Stream for SyncStream {
+    type Item = WriteRequest;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<WriteRequest>> {
+        let stream = self
+            .get_mut()
+            .0
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        stream.poll_next_unpin(cx)
+    }
 }
 
 /// Where an interrupted upload continues: what the server committed, or 0 if it cannot say.
@@ -224,41 +264,44 @@ async fn resume_offset(remote: &RemoteCas, name: &str) -> u64 {
 
 /// The WriteRequests for the rest of a blob from `offset`: 1 MiB messages, the last one
 /// finishing the write.
-fn write_requests(
-    name: String,
-    offset: u64,
-    size: u64,
-    chunks: casket_store::BlobStream,
-) -> impl futures::Stream<Item = WriteRequest> + Send + 'static {
-    // A local read error ends the stream early; the server then holds less than the whole
-    // blob and the upload fails with the committed size.
-    let pieces = chunks.scan((), |(), chunk| {
-        if let Err(e) = &chunk {
-            tracing::warn!(error = %e, "local read failed during an upload");
+fn write_requests(name: String, offset: u64, size: u64, chunks: casket_store::BlobStream) -> SyncStream {
+    struct Rest {
+        chunks: casket_store::BlobStream,
+        pending: Bytes,
+        at: u64,
+        name: Option<String>,
+    }
+    let rest = Rest {
+        chunks,
+        pending: Bytes::new(),
+        at: offset,
+        name: Some(name),
+    };
+    // `unfold` over owned state, for the reason given in `compressed_write_requests`.
+    futures::stream::unfold(rest, move |mut rest| async move {
+        while rest.pending.is_empty() {
+            match rest.chunks.next().await? {
+                Ok(chunk) => rest.pending = chunk,
+                // A local read error ends the stream early; the server then holds less than
+                // the whole blob and the upload fails with the committed size.
+                Err(e) => {
+                    tracing::warn!(error = %e, "local read failed during an upload");
+                    return None;
+                }
+            }
         }
-        futures::future::ready(chunk.ok())
-    });
-    let pieces = pieces.flat_map(|chunk| {
-        let pieces: Vec<Bytes> = (0..chunk.len())
-            .step_by(WRITE_CHUNK)
-            .map(|at| chunk.slice(at..(at + WRITE_CHUNK).min(chunk.len())))
-            .collect();
-        futures::stream::iter(pieces)
-    });
-    pieces.scan(offset, move |at, piece| {
+        let piece = rest.pending.split_to(WRITE_CHUNK.min(rest.pending.len()));
         let request = WriteRequest {
-            resource_name: if *at == offset {
-                name.clone()
-            } else {
-                String::new()
-            },
-            write_offset: *at as i64,
-            finish_write: *at + piece.len() as u64 == size,
+            resource_name: rest.name.take().unwrap_or_default(),
+            write_offset: rest.at as i64,
+            finish_write: rest.at + piece.len() as u64 == size,
             data: piece.to_vec(),
         };
-        *at += piece.len() as u64;
-        futures::future::ready(Some(request))
+        rest.at += piece.len() as u64;
+        Some((request, rest))
     })
+    .boxed()
+    .into()
 }
 
 #[cfg(test)]
