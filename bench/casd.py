@@ -216,10 +216,13 @@ class Daemon:
         log.close()
         STARTED.append(self.proc)
         while not ready():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.exe} exited {self.proc.returncode}:\n{tail(self.log)}")
-            if time.perf_counter() - begin > 120:
-                raise RuntimeError(f"{self.exe}: no socket after 120 s:\n{tail(self.log)}")
+            failed = self.proc.poll() is not None or time.perf_counter() - begin > 120
+            if failed:
+                self.proc.kill()
+                status = self.proc.wait()
+                shutil.rmtree(self.sockdir or "/nonexistent", ignore_errors=True)
+                raise RuntimeError(f"{self.exe} exited {status} or had no socket after 120 s:\n"
+                                   f"{tail(self.log)}")
             time.sleep(0.01)
         elapsed = time.perf_counter() - begin
         self.channel = grpc.insecure_channel(self.target)
@@ -314,12 +317,21 @@ def stop_processes_in(root):
         NOTES.add(f"pid {pid} was still running in the work dir at the end")
 
 
+def remove_bst_socket_dirs(root):
+    """Removes BuildStream's /tmp/buildstreamXXXX socket dirs whose `cas` link points under
+    `root` (left behind when a bst run is killed)."""
+    root = str(root).rstrip("/") + "/"
+    for d in Path(tempfile.gettempdir()).glob("buildstream*"):
+        link = d / "cas"
+        if link.is_symlink() and (os.readlink(link) + "/").startswith(root):
+            shutil.rmtree(d, ignore_errors=True)
+
+
 def machine(work):
     kernel = Path("/proc/sys/kernel/osrelease").read_text().strip()
     kind, source, point = filesystem(work)
-    load = os.getloadavg()[0]
-    return kind, (f"Linux {kernel}, {os.cpu_count()} cores, load average {load:.2f} at the start; "
-                  f"work dir on {kind} ({source} at {point})")
+    return kind, (f"Linux {kernel}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} "
+                  f"at the start and {{end}} at the end; work dir on {kind} ({source} at {point})")
 
 
 # -------------------------------------------------------------------------------------------
@@ -720,6 +732,8 @@ def parse():
     if len({n for n, _ in daemons}) != len(daemons):
         ap.error("daemon names must differ")
     args.daemon = daemons
+    if args.files < 1 or args.reps < 1:
+        ap.error("--files and --reps must be at least 1")
     if args.server and args.serve_casd:
         ap.error("--server and --serve-casd exclude each other")
     args.parts = [args.only] if args.only else [1, 2]
@@ -752,8 +766,8 @@ def main():
             server = start_server(run, args.serve_casd)
         if 1 in args.parts:
             tree = work / "tree"
-            generate_tree(tree, args.files, "part1")
-            probe = next(p.relative_to(tree) for p in (tree / "d3" / "e4").iterdir())
+            paths = generate_tree(tree, args.files, "part1")
+            probe = paths[len(paths) // 2].relative_to(tree)  # read back from the staged tree
             warm(tree)
             for name, exe in args.daemon:  # untimed: load each binary once
                 d = Daemon(exe, work / "p1" / f"{name}-warmup", work / "p1" / f"{name}-warmup.log")
@@ -784,13 +798,14 @@ def main():
                 NOTES.add(f"killed pid {proc.pid} ({proc.args[0]}) at the end")
         stop_processes_in(work)
         unmount_under(work)
+        remove_bst_socket_dirs(work)
         shutil.rmtree(work, onerror=make_writable_and_retry)
         if created_work:
             try:
                 args.work.rmdir()
             except OSError:
                 pass
-    text = report(run, args, facts, versions)
+    text = report(run, args, facts.format(end=f"{os.getloadavg()[0]:.2f}"), versions)
     print(text)
     if args.markdown:
         write_section(args.markdown, f"casd-{fstype}", text)

@@ -351,6 +351,8 @@ async fn open(options: &DaemonOptions) -> Result<Daemon, DaemonError> {
         DiskOptions {
             fsync: false,
             layout: Layout::Casd,
+            // With protected sessions, every object this session uses must show it.
+            touched_since: options.protect_session_blobs.then_some(started),
         },
     )
     .map_err(store_error)?;
@@ -376,8 +378,13 @@ async fn open(options: &DaemonOptions) -> Result<Daemon, DaemonError> {
             ),
             session_start: options.protect_session_blobs.then_some(started),
             keep_free: options.reserved,
-            // Without a protected session, anything not used in the last minute may go.
-            grace: Duration::from_secs(60),
+            // A protected session covers what was just written; without one, anything not
+            // used in the last minute may go.
+            grace: if options.protect_session_blobs {
+                Duration::ZERO
+            } else {
+                Duration::from_secs(60)
+            },
         },
         Arc::new(()) as Arc<dyn EvictionListener>,
     )

@@ -89,6 +89,9 @@ pub struct DiskOptions {
     pub fsync: bool,
     /// The layout of a store created by `open`; an existing store keeps the one it has.
     pub layout: Layout,
+    /// Objects last used before this instant are touched on their next use even if that
+    /// was within the last minute: the start of a session whose objects expiry must not take.
+    pub touched_since: Option<SystemTime>,
 }
 
 /// A content-addressable store in a local directory. Cheap to clone.
@@ -303,7 +306,11 @@ impl DiskStore {
             .modified()
             .ok()
             .and_then(|m| now.duration_since(m).ok())
-            .is_none_or(|age| age > TOUCH_GRANULARITY);
+            .is_none_or(|age| age > TOUCH_GRANULARITY)
+            || self
+                .options
+                .touched_since
+                .is_some_and(|since| meta.modified().is_ok_and(|m| m < since));
         if !self.touch || !stale {
             return Ok(());
         }
