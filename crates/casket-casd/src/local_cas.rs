@@ -189,6 +189,7 @@ impl LocalCas {
             unix_mode: properties.unix_mode.is_some(),
             unix_mode_mask: properties.unix_mode.unwrap_or(0o7777),
             skip_special_files: true,
+            casd_properties: true,
             ..CaptureOptions::default()
         };
         let captured = capture(disk.as_ref(), path, &options, &())
@@ -643,9 +644,10 @@ async fn capture_file(
         })?;
     let mode = meta.permissions().mode();
     let node_properties = casket_model::NodeProperties {
+        // To the microsecond, as casd records it.
         mtime: properties.mtime.then(|| Timestamp {
             seconds: meta.mtime(),
-            nanos: meta.mtime_nsec().clamp(0, 999_999_999) as u32,
+            nanos: meta.mtime_nsec().clamp(0, 999_999_999) as u32 / 1000 * 1000,
         }),
         unix_mode: properties.unix_mode.map(|mask| mode & mask),
         ..Default::default()

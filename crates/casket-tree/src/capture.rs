@@ -35,6 +35,9 @@ pub struct CaptureOptions {
     pub unix_mode_mask: u32,
     /// Leave out sockets, FIFOs and devices (as buildbox-casd does) instead of failing.
     pub skip_special_files: bool,
+    /// Record node properties as buildbox-casd does: mtimes to the microsecond, none on
+    /// symlinks (so that both daemons capture the same trees).
+    pub casd_properties: bool,
     /// Files stored at once.
     pub concurrency: usize,
 }
@@ -47,6 +50,7 @@ impl Default for CaptureOptions {
             unix_mode: false,
             unix_mode_mask: 0o7777,
             skip_special_files: false,
+            casd_properties: false,
             concurrency: crate::default_concurrency(),
         }
     }
@@ -349,7 +353,7 @@ fn scan(root: &Path, options: &CaptureOptions) -> Result<Scan> {
                         path: child.clone(),
                         reason: "the symlink target is not UTF-8",
                     })?;
-                if want_metadata {
+                if want_metadata && !options.casd_properties {
                     let meta = fs::symlink_metadata(&child).map_err(io_error("stat", &child))?;
                     link.properties = properties(&meta, options, false);
                 }
@@ -371,9 +375,16 @@ fn scan(root: &Path, options: &CaptureOptions) -> Result<Scan> {
 
 fn properties(meta: &fs::Metadata, options: &CaptureOptions, with_mode: bool) -> NodeProperties {
     NodeProperties {
-        mtime: options.mtime.then(|| Timestamp {
-            seconds: meta.mtime(),
-            nanos: meta.mtime_nsec().clamp(0, 999_999_999) as u32,
+        mtime: options.mtime.then(|| {
+            let nanos = meta.mtime_nsec().clamp(0, 999_999_999) as u32;
+            Timestamp {
+                seconds: meta.mtime(),
+                nanos: if options.casd_properties {
+                    nanos / 1000 * 1000
+                } else {
+                    nanos
+                },
+            }
         }),
         unix_mode: (options.unix_mode && with_mode).then(|| meta.mode() & options.unix_mode_mask),
         other: Default::default(),

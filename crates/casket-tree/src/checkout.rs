@@ -135,8 +135,8 @@ pub async fn checkout(
         report.file_bytes += c.file_bytes;
     }
 
-    let dest = dest.to_owned();
-    blocking(move || apply_directory_properties(&tree, &directories, &root_fd, &dest)).await?;
+    let (dest, mtime) = (dest.to_owned(), options.mtime);
+    blocking(move || apply_directory_properties(&tree, &directories, mtime, &root_fd, &dest)).await?;
     Ok(report)
 }
 
@@ -353,16 +353,18 @@ fn set_mtime(fd: impl rustix::fd::AsFd, mtime: Option<Timestamp>, target: &Path)
     rustix::fs::futimens(fd, &times).map_err(|e| io_error("set mtime of", target)(e.into()))
 }
 
-/// Applies directories' recorded modes and mtimes, deepest first, after their contents exist.
+/// Applies directories' recorded modes and mtimes (or `default_mtime`), deepest first, after
+/// their contents exist.
 fn apply_directory_properties(
     tree: &Tree,
     directories: &[(String, Digest)],
+    default_mtime: Option<Timestamp>,
     root: &OwnedFd,
     dest: &Path,
 ) -> Result<()> {
     for (path, digest) in directories.iter().rev() {
         let properties = tree.directory(digest).expect("loaded").properties();
-        if properties.is_empty() {
+        if properties.is_empty() && default_mtime.is_none() {
             continue;
         }
         let target = dest.join(path);
@@ -371,7 +373,7 @@ fn apply_directory_properties(
             rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))
                 .map_err(|e| io_error("chmod", &target)(e.into()))?;
         }
-        set_mtime(&fd, properties.mtime, &target)?;
+        set_mtime(&fd, properties.mtime.or(default_mtime), &target)?;
     }
     Ok(())
 }
