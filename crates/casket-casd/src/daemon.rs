@@ -13,7 +13,6 @@ use casket_cache::{EvictionListener, Namespace, Namespaces, Quota, QuotaOptions,
 use casket_remote::client::{ClientTls, LazyRemote, RemoteOptions};
 use casket_remote::server::{Metrics, asset_handlers, cache_routes};
 use casket_store::{BlobStore, DiskOptions, DiskStore, Layout, SpaceBudget, StoreError, TieredStore};
-use futures::future::FutureExt;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
@@ -271,7 +270,12 @@ pub async fn run(
     for ignored in &options.ignored {
         tracing::info!("ignoring {ignored}");
     }
-    let daemon = Arc::new(open(&options).await?);
+    let mut shutdown = std::pin::pin!(shutdown);
+    // Asked to stop while the cache is still being opened (a long first scan): stop at once.
+    let daemon = tokio::select! {
+        opened = open(&options) => Arc::new(opened?),
+        () = &mut shutdown => return Ok(()),
+    };
     let mut routes = cache_routes(daemon.namespaces.clone(), Arc::new(Metrics::new()));
     let (fetch, push) = asset_handlers(daemon.namespaces.clone(), Arc::new(Metrics::new()));
     routes
@@ -320,7 +324,7 @@ pub async fn run(
     tracing::info!(root = %options.root.display(), "casket casd ready");
 
     let failed = tokio::select! {
-        () = shutdown => None,
+        () = &mut shutdown => None,
         done = servers.join_next() => done,
     };
     let _ = stop.send(true);
@@ -449,15 +453,24 @@ fn bind_unix(path: &Path, mode: Option<u32>) -> Result<UnixListener, DaemonError
     Ok(listener)
 }
 
-/// SIGTERM or SIGINT, whichever comes first.
-pub async fn termination() {
+/// SIGTERM or SIGINT, whichever comes first. The handlers are installed when this is called
+/// (inside the runtime), so a signal that comes while the daemon starts is not lost.
+pub fn termination() -> impl Future<Output = ()> + Send {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
-        return std::future::pending().await;
-    };
-    futures::select! {
-        _ = term.recv().fuse() => {},
-        _ = int.recv().fuse() => {},
+    let signals =
+        signal(SignalKind::terminate()).and_then(|term| Ok((term, signal(SignalKind::interrupt())?)));
+    async move {
+        match signals {
+            Ok((mut term, mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = int.recv() => {},
+                }
+            }
+            Err(e) => {
+                tracing::error!("cannot handle SIGTERM: {e}");
+                std::future::pending().await
+            }
+        }
     }
 }

@@ -71,6 +71,34 @@ const SWITCHES: [&str; 14] = [
     "ra-googleapi-auth",
 ];
 
+/// Flags that take effect (see `apply`).
+const HONOURED: [&str; 24] = [
+    "bind",
+    "unix-socket-mode",
+    "log-level",
+    "verbose",
+    "quota-high",
+    "quota-low",
+    "cleanup-threshold",
+    "reserved",
+    "protect-session-blobs",
+    "read-only-remote",
+    "digest-function",
+    "local-server-instance",
+    "server-instance",
+    "cas-protocol",
+    "cas-remote",
+    "cas-instance",
+    "cas-server-cert",
+    "cas-client-key",
+    "cas-client-cert",
+    "cas-access-token",
+    "cas-retry-limit",
+    "cas-retry-delay",
+    "cas-request-timeout",
+    "cas-keepalive-time",
+];
+
 /// Flags accepted and ignored, with the reason logged at start.
 const IGNORED: [(&str, &str); 27] = [
     ("cache-failures", "casket runs no local actions"),
@@ -192,6 +220,8 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Invocation, FlagE
         let (name, value) = match flag.split_once('=') {
             Some((name, value)) => (name.to_owned(), Some(value.to_owned())),
             None if SWITCHES.contains(&flag) => (flag.to_owned(), None),
+            // Before taking the next argument as its value.
+            None if !known(flag) => return Err(FlagError::Unknown(flag.to_owned())),
             None => match args.next_if(|next| !next.starts_with("--")) {
                 Some(value) => (flag.to_owned(), Some(value)),
                 None => return Err(FlagError::MissingValue(flag.to_owned())),
@@ -213,6 +243,19 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Invocation, FlagE
         options.storage_service = Some(cas);
     }
     Ok(Invocation::Run(Box::new(options)))
+}
+
+/// Whether casd has the flag `name`.
+fn known(name: &str) -> bool {
+    let other_service = ["ac-", "ra-", "exec-", ""]
+        .iter()
+        .filter_map(|prefix| name.strip_prefix(prefix))
+        .any(|setting| SERVICE_SETTINGS.contains(&setting));
+    other_service
+        || HONOURED.contains(&name)
+        || SWITCHES.contains(&name)
+        || IGNORED.iter().any(|(flag, _)| *flag == name)
+        || REFUSED.iter().any(|(flag, _)| *flag == name)
 }
 
 /// Applies one flag.
@@ -332,19 +375,10 @@ fn apply(
             cas.request_timeout = Some(seconds(&value_of(value)?)?).filter(|d| !d.is_zero())
         }
         "cas-keepalive-time" => cas.keepalive = Some(seconds(&value_of(value)?)?).filter(|d| !d.is_zero()),
-        other => {
-            let per_service = ["ac-", "ra-", "exec-"]
-                .iter()
-                .chain(std::iter::once(&""))
-                .filter_map(|prefix| other.strip_prefix(prefix))
-                .any(|setting| SERVICE_SETTINGS.contains(&setting));
-            if !per_service {
-                return Err(FlagError::Unknown(other.to_owned()));
-            }
-            options.ignored.push(format!(
-                "--{other}: only the CAS remote (--cas-*) is configured on the command line"
-            ));
-        }
+        other if known(other) => options.ignored.push(format!(
+            "--{other}: only the CAS remote (--cas-*) is configured on the command line"
+        )),
+        other => return Err(FlagError::Unknown(other.to_owned())),
     }
     Ok(())
 }
@@ -416,6 +450,15 @@ mod tests {
     }
 
     #[test]
+    fn every_flag_applied_is_known() {
+        for name in HONOURED {
+            assert!(known(name), "{name}");
+        }
+        assert!(!known("frobnicate"));
+        assert!(known("ra-retry-limit") && known("cas-min-throughput"));
+    }
+
+    #[test]
     fn version_wins_over_the_rest_of_the_line() {
         let parsed = parse(["--version".to_owned(), "/".to_owned()]).expect("parses");
         assert!(matches!(parsed, Invocation::Version));
@@ -432,6 +475,7 @@ mod tests {
     fn bad_lines_are_refused_with_the_reason() {
         for (args, message) in [
             (&["--frobnicate=1", "/c"][..], "unknown option --frobnicate"),
+            (&["--frobnicate", "/c"], "unknown option --frobnicate"),
             (
                 &["--ra-remote=http://x:1", "/c"],
                 "Remote Asset remotes come from",

@@ -654,3 +654,49 @@ async fn capture_file(
     };
     Ok((digest, mode & 0o100 != 0, node_properties.to_proto()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn captured_paths_resolve_inside_the_root_as_casd_does() {
+        let ok = |root, path| capture_path(root, path).expect("resolves");
+        assert_eq!(ok("", "/abs/out"), PathBuf::from("/abs/out"));
+        assert_eq!(
+            ok("/stage", "buildstream/probe/built.bst/."),
+            PathBuf::from("/stage/buildstream/probe/built.bst")
+        );
+        assert_eq!(
+            ok("/stage", "/etc"),
+            PathBuf::from("/stage/etc"),
+            "an absolute path stays inside the root"
+        );
+        assert_eq!(ok("/stage", "a/../b"), PathBuf::from("/stage/b"));
+        let code = |root, path| capture_path(root, path).expect_err("refused").code();
+        assert_eq!(code("/stage", "../outside"), Code::NotFound);
+        assert_eq!(code("/stage", "a/../../outside"), Code::NotFound);
+        assert_eq!(code("", "relative"), Code::InvalidArgument);
+        assert_eq!(code("relative-root", "x"), Code::InvalidArgument);
+    }
+
+    #[test]
+    fn the_unix_mode_mask_clears_bits_and_only_with_unix_mode() {
+        let names = |n: &[&str]| n.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let props = Properties::of(&names(&["unix_mode"]), None);
+        assert_eq!(props.unix_mode, Some(0o7777));
+        assert!(!props.mtime);
+        assert_eq!(
+            Properties::of(&names(&["unix_mode"]), Some(0o022)).unix_mode,
+            Some(0o7755)
+        );
+        assert_eq!(
+            Properties::of(&names(&["unix_mode"]), Some(0o7777)).unix_mode,
+            Some(0)
+        );
+        // buildbox-run sends an empty mask and no property names: nothing is recorded.
+        let run = Properties::of(&[], Some(0));
+        assert_eq!(run.unix_mode, None);
+        assert!(Properties::of(&names(&["mtime", "unknown"]), None).mtime);
+    }
+}

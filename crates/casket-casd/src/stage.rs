@@ -139,3 +139,39 @@ fn remove_tree(path: &Path) -> io::Result<()> {
     }
     fs::remove_dir(path)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unstaging_removes_what_a_build_made_read_only_and_no_link_target() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let outside = dir.path().join("outside");
+        fs::create_dir(&outside).expect("mkdir");
+        fs::write(outside.join("keep"), "keep").expect("write");
+        let staged = dir.path().join("staged");
+        fs::create_dir_all(staged.join("locked/deeper")).expect("mkdir");
+        fs::write(staged.join("locked/deeper/file"), "x").expect("write");
+        std::os::unix::fs::symlink(&outside, staged.join("link")).expect("symlink");
+        fs::set_permissions(staged.join("locked/deeper"), fs::Permissions::from_mode(0o500)).expect("chmod");
+        fs::set_permissions(staged.join("locked"), fs::Permissions::from_mode(0o500)).expect("chmod");
+        remove_tree(&staged).expect("removed");
+        assert!(!staged.exists());
+        assert!(
+            outside.join("keep").exists(),
+            "a symlink's target is not followed"
+        );
+    }
+
+    #[test]
+    fn only_this_daemons_leftovers_are_cleared_at_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let staging = dir.path().join("cas/staging");
+        fs::create_dir_all(staging.join("casket-old/sub")).expect("mkdir");
+        fs::create_dir_all(staging.join("cas-tmpdirXYZ")).expect("casd's");
+        prepare_staging_area(&staging).expect("prepared");
+        assert!(!staging.join("casket-old").exists());
+        assert!(staging.join("cas-tmpdirXYZ").exists());
+    }
+}

@@ -538,6 +538,70 @@ mod tests {
         (dir, store)
     }
 
+    fn casd_store(dir: &Path) -> DiskStore {
+        let options = DiskOptions {
+            layout: Layout::Casd,
+            ..DiskOptions::default()
+        };
+        DiskStore::open(dir, options).expect("open")
+    }
+
+    #[tokio::test]
+    async fn conformance_in_casds_layout() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        crate::conformance::run_all(&casd_store(dir.path())).await;
+    }
+
+    #[tokio::test]
+    async fn a_casd_cache_is_taken_over_as_it_is() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // What buildbox-casd leaves: objects in cas/objects, fan-outs made on demand, 0444.
+        let data = b"written by casd";
+        let digest = Digest::of(DigestFunction::Sha256, data);
+        let hex = digest.hash_hex();
+        let object = dir.path().join("cas/objects").join(&hex[..2]).join(&hex[2..]);
+        fs::create_dir_all(object.parent().expect("fan-out")).expect("mkdir");
+        fs::write(&object, data).expect("write");
+        fs::create_dir_all(dir.path().join("artifacts/refs")).expect("BuildStream's own");
+
+        let store = DiskStore::open(dir.path(), DiskOptions::default()).expect("open");
+        assert_eq!(store.layout(), Layout::Casd, "cas/objects decides the layout");
+        assert_eq!(store.object_path(&digest), object);
+        assert_eq!(
+            store.get_bytes(&digest).await.expect("read").as_deref(),
+            Some(&data[..])
+        );
+        let written = store
+            .put_bytes(DigestFunction::Sha256, Bytes::from_static(b"by casket"))
+            .await
+            .expect("put");
+        let hex = written.hash_hex();
+        assert!(
+            dir.path()
+                .join("cas/objects")
+                .join(&hex[..2])
+                .join(&hex[2..])
+                .is_file()
+        );
+        // BuildStream links even empty files from cas/objects; expiry never removes it.
+        let empty = DigestFunction::Sha256.empty_digest();
+        assert!(store.object_path(&empty).is_file());
+        assert!(!store.delete(&empty).await.expect("delete"));
+        assert!(
+            !dir.path().join("casket-store").exists(),
+            "no marker in casd's root"
+        );
+        assert!(dir.path().join("artifacts/refs").is_dir());
+        assert_eq!(
+            store.local_file(&digest, true).expect("local file"),
+            None,
+            "no executable variants beside casd's objects"
+        );
+        let scan = store.scan_objects().expect("scan");
+        assert!(scan.strays.is_empty(), "{:?}", scan.strays);
+        assert_eq!(scan.objects.len(), 3);
+    }
+
     #[tokio::test]
     async fn conformance() {
         let (_dir, store) = store();

@@ -55,7 +55,7 @@ pub fn run(args: Vec<String>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(casket_casd::run(*options, casket_casd::termination()));
+    let result = runtime.block_on(async { casket_casd::run(*options, casket_casd::termination()).await });
     // Blocking work still running (a capture, an eviction) is abandoned, not waited for:
     // BuildStream reports an exit slower than half a second, or not 0, as a bug. Every
     // write is atomic, so nothing is left half-done.
