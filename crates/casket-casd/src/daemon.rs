@@ -210,7 +210,7 @@ pub enum DaemonError {
         root: PathBuf,
         /// Why.
         #[source]
-        source: StoreError,
+        source: Box<StoreError>,
     },
     /// A socket could not be bound.
     #[error("cannot listen on {what}: {source}")]
@@ -348,7 +348,7 @@ async fn open(options: &DaemonOptions) -> Result<Daemon, DaemonError> {
     let started = SystemTime::now();
     let store_error = |source| DaemonError::Store {
         root: options.root.clone(),
-        source,
+        source: Box::new(source),
     };
     let store = DiskStore::open(
         &options.root,
