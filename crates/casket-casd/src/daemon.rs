@@ -258,7 +258,7 @@ pub(crate) struct Daemon {
     pub(crate) quota_high: u64,
 }
 
-/// Runs the daemon until `shutdown` completes; then returns within [`SHUTDOWN_GRACE`] and
+/// Runs the daemon until `shutdown` completes; then returns within a quarter second and
 /// removes its sockets.
 pub async fn run(
     options: DaemonOptions,
