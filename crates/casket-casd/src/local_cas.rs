@@ -40,12 +40,13 @@ impl LocalCas {
 
     /// The remote behind `instance`: the storage service for the local instance, the proxied
     /// CAS for a proxy instance, `None` when there is none; INVALID_ARGUMENT for an unknown
-    /// name and UNAVAILABLE while the storage service cannot be reached.
+    /// name, PERMISSION_DENIED to `write` to a read-only remote, and UNAVAILABLE while the
+    /// storage service cannot be reached.
     async fn remote(&self, instance: &str, write: bool) -> Result<Option<RemoteCas>, Status> {
+        if write && self.writes_refused(instance) {
+            return Err(Status::permission_denied("the remote is read-only"));
+        }
         if let Some(proxy) = self.daemon.remotes.get(instance) {
-            if write && proxy.read_only {
-                return Err(Status::permission_denied("the remote is read-only"));
-            }
             return Ok(proxy.cas.clone());
         }
         self.daemon
@@ -247,27 +248,33 @@ impl LocalCas {
     /// Uploads the tree at `root` to the instance's remote, unless there is none or it is
     /// read-only.
     async fn upload_captured(&self, instance: &str, root: &Digest) -> Result<(), Status> {
-        match self.remote(instance, false).await? {
-            Some(remote) if !self.writes_refused(instance) => {
+        if self.writes_refused(instance) {
+            return Ok(());
+        }
+        match self.remote(instance, true).await? {
+            Some(remote) => {
                 push_tree(self.disk(), &remote, root, &())
                     .await
                     .map_err(from_transfer)?;
                 Ok(())
             }
-            _ => Ok(()),
+            None => Ok(()),
         }
     }
 
     /// Uploads blobs to the instance's remote, unless there is none or it is read-only.
     async fn upload_files(&self, instance: &str, digests: &[Digest]) -> Result<(), Status> {
-        match self.remote(instance, false).await? {
-            Some(remote) if !self.writes_refused(instance) => {
+        if self.writes_refused(instance) {
+            return Ok(());
+        }
+        match self.remote(instance, true).await? {
+            Some(remote) => {
                 push_blobs(self.disk(), &remote, digests, &())
                     .await
                     .map_err(from_transfer)?;
                 Ok(())
             }
-            _ => Ok(()),
+            None => Ok(()),
         }
     }
 
