@@ -182,11 +182,20 @@ def casd_env():
     return env
 
 
+def as_casd(exe, bindir):
+    """`exe` as a link named `buildbox-casd` in `bindir`: how BuildStream runs it, and the name
+    a multi-call binary (casket) looks at to act as casd."""
+    bindir.mkdir(parents=True, exist_ok=True)
+    link = bindir / "buildbox-casd"
+    link.symlink_to(os.path.abspath(exe))
+    return str(link)
+
+
 def version(exe):
     """The first line of `EXE --version /`, which BuildStream parses."""
     out = subprocess.run([exe, "--version", "/"], capture_output=True, text=True, timeout=30)
     lines = (out.stdout or out.stderr).strip().splitlines()
-    return lines[0].replace(exe, os.path.basename(exe)) if lines else "?"
+    return lines[0].replace(exe, "buildbox-casd") if lines else "?"
 
 
 class Daemon:
@@ -345,8 +354,7 @@ def timed(call, *args):
 
 
 def capture_tree(daemon, path):
-    """CaptureTree of `path`; returns the root Directory digest, read as BuildStream reads it
-    (the Tree object from <cache>/cas/objects)."""
+    """CaptureTree of `path`, as BuildStream's import_directory asks; returns the Tree's digest."""
     response = daemon.local_cas.CaptureTree(local_cas_pb2.CaptureTreeRequest(path=[str(path)]))
     assert len(response.responses) == 1, response
     status = response.responses[0].status
@@ -356,6 +364,8 @@ def capture_tree(daemon, path):
 
 
 def root_digest(daemon, tree_digest):
+    """The root Directory's digest, found as BuildStream finds it: it reads the Tree object
+    from <cache>/cas/objects (so a drop-in must keep that layout)."""
     objpath = daemon.cache / "cas" / "objects" / tree_digest.hash[:2] / tree_digest.hash[2:]
     tree = re_pb2.Tree.FromString(objpath.read_bytes())
     root = tree.root.SerializeToString()
@@ -531,7 +541,7 @@ class Client:
         self.root = root
         for d in ["cache", "config", "home", "bin"]:
             (root / d).mkdir(parents=True)
-        (root / "bin" / "buildbox-casd").symlink_to(os.path.abspath(exe))
+        (root / "bin" / "buildbox-casd").symlink_to(exe)
         self.cache = cache or root / "cache" / "buildstream"
         self.config = root / "bst.conf"
         config = (f"cachedir: {self.cache}\n"
@@ -818,9 +828,11 @@ def main():
     run = Run(args, work)
     fstype, facts = machine(work)
     try:
-        versions = [(n, version(exe)) for n, exe in args.daemon]
+        paths = dict(args.daemon)
+        args.daemon = [(n, as_casd(exe, work / "bin" / n)) for n, exe in args.daemon]
+        versions = [(n, f"{version(exe)}` at `{paths[n]}") for n, exe in args.daemon]
         if args.serve_casd:
-            start_server(run, args.serve_casd)
+            start_server(run, as_casd(args.serve_casd, work / "bin" / "server"))
         if 1 in args.parts:
             part1_all(run, args)
         if 2 in args.parts:

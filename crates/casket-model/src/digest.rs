@@ -171,7 +171,13 @@ impl Digest {
 
     /// The hash as 64 lowercase hex digits.
     pub fn hash_hex(&self) -> String {
-        hex::encode(self.hash)
+        String::from_utf8(self.hash_hex_bytes().to_vec()).expect("hex digits are ASCII")
+    }
+
+    /// The hash as 64 lowercase hex digits, without allocating (for hot paths that build file
+    /// names).
+    pub fn hash_hex_bytes(&self) -> [u8; 64] {
+        hex_digits(&self.hash)
     }
 
     /// The blob's length in bytes.
@@ -194,12 +200,35 @@ impl Digest {
 }
 
 fn parse_hash(text: &str) -> Result<[u8; 32], DigestError> {
-    let lower_hex = text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    // One pass, lowercase only: every digest of every directory read goes through here.
+    fn nibble(b: u8) -> Option<u8> {
+        match b {
+            b'0'..=b'9' => Some(b - b'0'),
+            b'a'..=b'f' => Some(b - b'a' + 10),
+            _ => None,
+        }
+    }
+    let invalid = || DigestError::Hash(text.to_owned());
+    let text_bytes = text.as_bytes();
+    if text_bytes.len() != 64 {
+        return Err(invalid());
+    }
     let mut hash = [0u8; 32];
-    if !lower_hex || hex::decode_to_slice(text, &mut hash).is_err() {
-        return Err(DigestError::Hash(text.to_owned()));
+    for (byte, pair) in hash.iter_mut().zip(text_bytes.chunks_exact(2)) {
+        *byte = (nibble(pair[0]).ok_or_else(invalid)? << 4) | nibble(pair[1]).ok_or_else(invalid)?;
     }
     Ok(hash)
+}
+
+/// The lowercase hex digits of a hash.
+fn hex_digits(hash: &[u8; 32]) -> [u8; 64] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 64];
+    for (pair, byte) in out.chunks_exact_mut(2).zip(hash) {
+        pair[0] = DIGITS[usize::from(byte >> 4)];
+        pair[1] = DIGITS[usize::from(byte & 0xf)];
+    }
+    out
 }
 
 /// `HASH/SIZE` for SHA-256; other functions are prefixed, e.g. `blake3:HASH/SIZE`, so that

@@ -32,9 +32,14 @@ pub struct Walk {
     gaps: Vec<TreeError>,
 }
 
-/// Walks the tree under `root` breadth first, up to `concurrency` directories at a time. The
-/// order of a level is the order its parents name the directories, so two walks of one tree
-/// list the directories in the same order.
+/// Directories read per store call: a level of a wide tree takes a few batched reads, not
+/// one round trip per directory.
+const DIRECTORIES_PER_READ: usize = 64;
+
+/// Walks the tree under `root` breadth first, up to `concurrency` batches of directories at a
+/// time. The order of a level is the order its parents name the directories, so two walks of
+/// one tree list the directories in the same order.
+
 pub async fn walk(store: &dyn BlobStore, root: &Digest, concurrency: usize, gaps: Gaps) -> Result<Walk> {
     let mut walk = Walk {
         root: *root,
@@ -45,13 +50,14 @@ pub async fn walk(store: &dyn BlobStore, root: &Digest, concurrency: usize, gaps
     let mut seen = HashSet::from([*root]);
     let mut level = vec![(".".to_owned(), *root)];
     while !level.is_empty() {
-        let fetched: Vec<(String, Digest, Result<Directory>)> = futures::stream::iter(level)
-            .map(|(path, digest)| fetch_directory(store, path, digest))
+        let batches: Vec<Vec<(String, Digest)>> = level.chunks(DIRECTORIES_PER_READ).map(<[_]>::to_vec).collect();
+        let fetched: Vec<Vec<(String, Digest, Result<Directory>)>> = futures::stream::iter(batches)
+            .map(|batch| fetch_directories(store, batch))
             .buffered(concurrency.max(1))
             .try_collect()
             .await?;
         level = Vec::new();
-        for (path, digest, directory) in fetched {
+        for (path, digest, directory) in fetched.into_iter().flatten() {
             let directory = match directory {
                 Ok(directory) => directory,
                 Err(gap) if gaps == Gaps::Skip => {
@@ -194,9 +200,24 @@ impl Tree {
     /// The first file whose content is not in `store`, if any, asking the store of record
     /// (a tree found complete here is safe to hand out by name).
     pub async fn first_missing_file(&self, store: &dyn BlobStore) -> Result<Option<(String, Digest)>> {
-        let files: Vec<(String, Digest)> = self.files().map(|(p, f)| (p, f.digest)).collect();
-        let missing = missing_of(store, files.iter().map(|(_, d)| *d)).await?;
-        Ok(files.into_iter().find(|(_, d)| missing.contains(d)))
+        let files: Vec<Digest> = self
+            .directories
+            .values()
+            .flat_map(Directory::entries)
+            .filter_map(|(_, node)| match node {
+                Node::File(file) => Some(file.digest),
+                _ => None,
+            })
+            .collect();
+        let missing = missing_of(store, files.into_iter()).await?;
+        // Paths are worked out only when one is to be named.
+        if missing.is_empty() {
+            return Ok(None);
+        }
+        Ok(self
+            .files()
+            .map(|(path, file)| (path, file.digest))
+            .find(|(_, digest)| missing.contains(digest)))
     }
 
     /// The first directory or file, depth first, that the store of record lacks.
@@ -235,8 +256,33 @@ async fn missing_of(store: &dyn BlobStore, digests: impl Iterator<Item = Digest>
         .collect())
 }
 
-/// Fetches one directory: `Err` for store failures, `Ok` with a gap for a directory that is
-/// absent, stored with another size than its parent says, or invalid.
+/// Fetches a batch of directories in one store call: `Err` for store failures, `Ok` with a gap
+/// for each directory that is absent, stored with another size than its parent says, or
+/// invalid.
+async fn fetch_directories(
+    store: &dyn BlobStore,
+    batch: Vec<(String, Digest)>,
+) -> Result<Vec<(String, Digest, Result<Directory>)>> {
+    let digests: Vec<Digest> = batch.iter().map(|(_, digest)| *digest).collect();
+    let contents = match store.get_many(&digests).await {
+        Ok(contents) => contents,
+        Err(e) => return Err(store_error(batch[0].0.clone())(e)),
+    };
+    let mut fetched = Vec::with_capacity(batch.len());
+    for ((path, digest), bytes) in batch.into_iter().zip(contents) {
+        fetched.push(match bytes {
+            Some(bytes) => {
+                let directory = decode(&path, digest, &bytes);
+                (path, digest, directory)
+            }
+            // A gap: asked again alone, to say whether it is absent or of another size.
+            None => fetch_directory(store, path, digest).await?,
+        });
+    }
+    Ok(fetched)
+}
+
+/// Fetches one directory, as `fetch_directories` does a batch.
 async fn fetch_directory(
     store: &dyn BlobStore,
     path: String,
@@ -258,11 +304,15 @@ async fn fetch_directory(
         }
         Err(e) => return Err(store_error(path)(e)),
     };
-    let directory =
-        Directory::decode(digest.function(), &bytes).map_err(|source| TreeError::InvalidDirectory {
-            path: path.clone(),
-            digest,
-            source: Box::new(source),
-        });
+    let directory = decode(&path, digest, &bytes);
     Ok((path, digest, directory))
+}
+
+/// The directory at `path` from its bytes; a gap if they are not a canonical `Directory`.
+fn decode(path: &str, digest: Digest, bytes: &[u8]) -> Result<Directory> {
+    Directory::decode(digest.function(), bytes).map_err(|source| TreeError::InvalidDirectory {
+        path: path.to_owned(),
+        digest,
+        source: Box::new(source),
+    })
 }

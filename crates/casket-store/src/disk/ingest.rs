@@ -27,7 +27,7 @@ const PIPELINE_BUFFERS: usize = 4;
 impl DiskStore {
     /// Stores `data`, whose digest the caller computed from it, unless already present.
     pub(super) fn store_if_absent(&self, digest: &Digest, data: &[u8]) -> Result<()> {
-        if digest.is_empty_blob() || self.stat_object(digest, true)?.is_some() {
+        if digest.is_empty_blob() || self.object_exists(digest, true)? {
             return Ok(());
         }
         let mut temp = self.create_temp(false)?;

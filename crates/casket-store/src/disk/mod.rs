@@ -36,6 +36,7 @@ mod writer;
 
 use std::fs::{self, File};
 use std::io::{self, Seek, SeekFrom};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -66,6 +67,9 @@ const SMALL_READ: u64 = 256 << 10;
 
 /// Appended to an object's name for its executable variant.
 const VARIANT_SUFFIX: &str = ".x";
+
+/// Existence checks per blocking task: a batch larger than this is checked in parallel.
+const STATS_PER_TASK: usize = 1024;
 
 /// An object used within this long is not touched again; keeps LRU bookkeeping off the hot path.
 const TOUCH_GRANULARITY: Duration = Duration::from_secs(60);
@@ -104,6 +108,9 @@ pub struct DiskStore {
     touch: bool,
     /// Usage totals, when tracked (shared by clones).
     accounting: Arc<accounting::Accounting>,
+    /// Each digest function's objects directory (in `DigestFunction::ALL` order), open:
+    /// existence checks resolve `ab/cdef…` below it, not the whole path from `/`.
+    objects_dirs: Arc<Vec<OwnedFd>>,
 }
 
 impl DiskStore {
@@ -123,11 +130,12 @@ impl DiskStore {
             options,
             touch: true,
             accounting: Arc::default(),
+            objects_dirs: Arc::default(),
         };
         if options.layout == Layout::Casd {
             // casd makes fan-out directories on demand; casket's write path needs them all.
             store.create_layout()?;
-            return Ok(store);
+            return store.with_objects_dirs();
         }
         match fs::read_to_string(&marker) {
             Ok(text) if text == MARKER => {}
@@ -141,7 +149,25 @@ impl DiskStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => store.create_layout()?,
             Err(e) => return Err(e).io_context("read", marker),
         }
-        Ok(store)
+        store.with_objects_dirs()
+    }
+
+    /// The store with its objects directories open.
+    fn with_objects_dirs(self) -> Result<Self> {
+        let dirs = DigestFunction::ALL
+            .iter()
+            .map(|function| {
+                let dir = self.objects_dir(*function);
+                let flags = rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC;
+                rustix::fs::open(&dir, flags, rustix::fs::Mode::empty())
+                    .map_err(io::Error::from)
+                    .io_context("open", dir)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(DiskStore {
+            objects_dirs: Arc::new(dirs),
+            ..self
+        })
     }
 
     /// Creates what is missing of the layout, then (casket's own) the marker.
@@ -283,37 +309,57 @@ impl DiskStore {
     }
 
     /// The object's metadata if it is stored with the digest's size. Touches it when `touch`.
-    fn stat_object(&self, digest: &Digest, touch: bool) -> Result<Option<fs::Metadata>> {
-        let path = self.object_path(digest);
-        match fs::metadata(&path) {
-            Ok(meta) if meta.len() == digest.size() => {
-                if touch {
-                    self.touch_if_stale(&path, &meta)?;
+    /// Whether the object is there with its size, touching it (`touch`) if it is stale. One
+    /// `statx` relative to the objects directory.
+    fn object_exists(&self, digest: &Digest, touch: bool) -> Result<bool> {
+        let index = DigestFunction::ALL
+            .iter()
+            .position(|f| *f == digest.function())
+            .unwrap_or_default();
+        let dir = &self.objects_dirs[index];
+        // `ab/cdef…`, built on the stack: this runs once per blob of every FindMissingBlobs.
+        let hex = digest.hash_hex_bytes();
+        let mut name = [b'/'; 65];
+        name[..2].copy_from_slice(&hex[..2]);
+        name[3..].copy_from_slice(&hex[2..]);
+        let name = std::str::from_utf8(&name).expect("hex digits and a slash");
+        match rustix::fs::statat(dir, name, rustix::fs::AtFlags::empty()) {
+            Ok(stat) if u64::try_from(stat.st_size) == Ok(digest.size()) => {
+                let modified = u64::try_from(stat.st_mtime)
+                    .ok()
+                    .map(|secs| SystemTime::UNIX_EPOCH + Duration::new(secs, stat.st_mtime_nsec as u32));
+                if touch && self.stale(modified) {
+                    self.touch_at(dir.as_fd(), name, &self.object_path(digest))?;
                 }
-                Ok(Some(meta))
+                Ok(true)
             }
-            Ok(_) => Ok(None),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).io_context("stat", path),
+            Ok(_) | Err(rustix::io::Errno::NOENT) => Ok(false),
+            Err(e) => Err(io::Error::from(e)).io_context("stat", self.object_path(digest)),
         }
+    }
+
+    /// Whether an object last used at `modified` should be touched on this use.
+    fn stale(&self, modified: Option<SystemTime>) -> bool {
+        let age = modified.and_then(|m| SystemTime::now().duration_since(m).ok());
+        self.touch
+            && (age.is_none_or(|age| age > TOUCH_GRANULARITY)
+                || self
+                    .options
+                    .touched_since
+                    .is_some_and(|since| modified.is_none_or(|m| m < since)))
     }
 
     /// Sets the object's mtime (the LRU clock) to now unless it was set recently. Touching is
     /// bookkeeping: a store shared with other users may refuse it (`EPERM`), which is ignored.
     pub(super) fn touch_if_stale(&self, path: &Path, meta: &fs::Metadata) -> Result<()> {
-        let now = SystemTime::now();
-        let stale = meta
-            .modified()
-            .ok()
-            .and_then(|m| now.duration_since(m).ok())
-            .is_none_or(|age| age > TOUCH_GRANULARITY)
-            || self
-                .options
-                .touched_since
-                .is_some_and(|since| meta.modified().is_ok_and(|m| m < since));
-        if !self.touch || !stale {
-            return Ok(());
+        if self.stale(meta.modified().ok()) {
+            self.touch_at(rustix::fs::CWD, path, path)?;
         }
+        Ok(())
+    }
+
+    /// Sets the mtime of `name` (relative to `dir`; the object at `path`) to now.
+    fn touch_at(&self, dir: BorrowedFd<'_>, name: impl rustix::path::Arg, path: &Path) -> Result<()> {
         let times = rustix::fs::Timestamps {
             last_access: rustix::fs::Timespec {
                 tv_sec: 0,
@@ -324,7 +370,7 @@ impl DiskStore {
                 tv_nsec: rustix::fs::UTIME_NOW,
             },
         };
-        match rustix::fs::utimensat(rustix::fs::CWD, path, &times, rustix::fs::AtFlags::empty()) {
+        match rustix::fs::utimensat(dir, name, &times, rustix::fs::AtFlags::empty()) {
             // Removed meanwhile (eviction): the caller saw it present, which is no worse than
             // its being evicted just after the check.
             Ok(()) | Err(rustix::io::Errno::NOENT | rustix::io::Errno::PERM | rustix::io::Errno::ACCESS) => {
@@ -337,7 +383,7 @@ impl DiskStore {
     fn find_missing_sync(&self, digests: &[Digest]) -> Result<Vec<Digest>> {
         let mut missing = Vec::new();
         for digest in digests {
-            if !digest.is_empty_blob() && self.stat_object(digest, true)?.is_none() {
+            if !digest.is_empty_blob() && !self.object_exists(digest, true)? {
                 missing.push(*digest);
             }
         }
@@ -377,9 +423,13 @@ impl DiskStore {
 #[async_trait]
 impl BlobStore for DiskStore {
     async fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>> {
-        let store = self.clone();
-        let digests = digests.to_vec();
-        blocking(move || store.find_missing_sync(&digests)).await
+        // One `stat` per blob: a large batch (a whole tree) is split over several blocking
+        // threads, in order.
+        let checks = digests.chunks(STATS_PER_TASK).map(|chunk| {
+            let (store, chunk) = (self.clone(), chunk.to_vec());
+            blocking(move || store.find_missing_sync(&chunk))
+        });
+        Ok(futures::future::try_join_all(checks).await?.concat())
     }
 
     async fn read(&self, digest: &Digest, range: ReadRange) -> Result<Option<BlobStream>> {
