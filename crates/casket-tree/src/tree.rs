@@ -39,7 +39,6 @@ const DIRECTORIES_PER_READ: usize = 64;
 /// Walks the tree under `root` breadth first, up to `concurrency` batches of directories at a
 /// time. The order of a level is the order its parents name the directories, so two walks of
 /// one tree list the directories in the same order.
-
 pub async fn walk(store: &dyn BlobStore, root: &Digest, concurrency: usize, gaps: Gaps) -> Result<Walk> {
     let mut walk = Walk {
         root: *root,
@@ -50,7 +49,8 @@ pub async fn walk(store: &dyn BlobStore, root: &Digest, concurrency: usize, gaps
     let mut seen = HashSet::from([*root]);
     let mut level = vec![(".".to_owned(), *root)];
     while !level.is_empty() {
-        let batches: Vec<Vec<(String, Digest)>> = level.chunks(DIRECTORIES_PER_READ).map(<[_]>::to_vec).collect();
+        let batches: Vec<Vec<(String, Digest)>> =
+            level.chunks(DIRECTORIES_PER_READ).map(<[_]>::to_vec).collect();
         let fetched: Vec<Vec<(String, Digest, Result<Directory>)>> = futures::stream::iter(batches)
             .map(|batch| fetch_directories(store, batch))
             .buffered(concurrency.max(1))

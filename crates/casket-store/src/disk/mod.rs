@@ -158,7 +158,8 @@ impl DiskStore {
             .iter()
             .map(|function| {
                 let dir = self.objects_dir(*function);
-                let flags = rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC;
+                let flags =
+                    rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC;
                 rustix::fs::open(&dir, flags, rustix::fs::Mode::empty())
                     .map_err(io::Error::from)
                     .io_context("open", dir)
