@@ -276,8 +276,10 @@ pub async fn run(
         opened = open(&options) => Arc::new(opened?),
         () = &mut shutdown => return Ok(()),
     };
-    let mut routes = cache_routes(daemon.namespaces.clone(), Arc::new(Metrics::new()));
-    let (fetch, push) = asset_handlers(daemon.namespaces.clone(), Arc::new(Metrics::new()));
+    // The handlers count requests; nothing reads the counts (casd has no /metrics either).
+    let metrics = Arc::new(Metrics::new());
+    let mut routes = cache_routes(daemon.namespaces.clone(), metrics.clone());
+    let (fetch, push) = asset_handlers(daemon.namespaces.clone(), metrics);
     routes
         .add_service(FetchServer::new(FetchProxy::new(daemon.clone(), fetch)))
         .add_service(PushServer::new(PushProxy::new(daemon.clone(), push)))
