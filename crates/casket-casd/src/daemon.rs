@@ -240,8 +240,6 @@ pub(crate) struct Daemon {
     /// The local store under the quota: what LocalCAS captures into, stages from, and
     /// transfers to and from remotes.
     pub(crate) disk: Arc<dyn BlobStore>,
-    /// The local namespace: the store under the quota (through the storage service, if any).
-    pub(crate) local: Arc<Namespace>,
     /// Every instance name the socket serves.
     pub(crate) namespaces: Arc<Namespaces>,
     /// The local cache's remote, if any.
@@ -425,7 +423,6 @@ async fn open(options: &DaemonOptions) -> Result<Daemon, DaemonError> {
     Ok(Daemon {
         store,
         disk: Arc::new(QuotaStore::new(quota.clone())),
-        local: namespaces.default_namespace().clone(),
         namespaces,
         storage_service_read_only: options.storage_service.as_ref().is_some_and(|s| s.read_only),
         storage_service,

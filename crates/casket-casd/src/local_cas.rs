@@ -13,12 +13,15 @@ use std::sync::Arc;
 
 use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
 use bazel_remote_apis::google::rpc;
+use bytes::Bytes;
 use casket_model::{Digest, DigestFunction, Timestamp};
 use casket_remote::client::RemoteCas;
-use casket_remote::client::transfer::{pull_blobs, pull_directories, pull_tree, push_blobs, push_tree};
-use casket_remote::status::{from_store, from_transfer, from_tree};
-use casket_store::{BlobStore, BlobStoreExt, StoreError};
-use casket_tree::{CaptureOptions, Gaps, Tree, TreeError, capture, walk};
+use casket_remote::client::transfer::{
+    TransferError, pull_blobs, pull_directories, pull_tree, push_blobs, push_tree,
+};
+use casket_remote::status::{from_capture, from_staging, from_store, from_transfer, from_tree};
+use casket_store::{BlobStore, BlobStoreExt};
+use casket_tree::{CaptureOptions, Tree, TreeError, capture};
 use futures::Stream;
 use prost::Message;
 use tonic::{Code, Request, Response, Status, Streaming};
@@ -97,24 +100,40 @@ fn rpc_status(status: &Status) -> rpc::Status {
     }
 }
 
-fn not_found(digest: &Digest) -> rpc::Status {
-    rpc_status(&Status::not_found(format!("blob {digest} not found")))
+/// The failures of moving `wanted` from `source` to `dest` with `copy`: NOT_FOUND for what
+/// `source` lacks and, after a failed copy, its status for what `dest` still lacks (a batch
+/// may have half succeeded). Successes are not listed.
+async fn move_blobs<F, Fut>(
+    wanted: &[Digest],
+    source: &dyn BlobStore,
+    dest: &dyn BlobStore,
+    copy: F,
+) -> Result<Vec<(Digest, rpc::Status)>, Status>
+where
+    F: FnOnce(Vec<Digest>) -> Fut,
+    Fut: Future<Output = Result<(), TransferError>>,
+{
+    let absent: HashSet<Digest> = source
+        .find_missing(wanted)
+        .await
+        .map_err(from_store)?
+        .into_iter()
+        .collect();
+    let available: Vec<Digest> = wanted.iter().filter(|d| !absent.contains(d)).copied().collect();
+    let mut failed: Vec<(Digest, rpc::Status)> = absent.iter().map(|d| (*d, not_found(d))).collect();
+    if available.is_empty() {
+        return Ok(failed);
+    }
+    if let Err(e) = copy(available.clone()).await {
+        let status = rpc_status(&from_transfer(e));
+        let still = dest.find_missing(&available).await.map_err(from_store)?;
+        failed.extend(still.into_iter().map(|d| (d, status.clone())));
+    }
+    Ok(failed)
 }
 
-/// A store error of a capture: out of room is RESOURCE_EXHAUSTED ("Cache too full" for
-/// BuildStream), even for a single file larger than the whole quota.
-fn capture_status(e: TreeError) -> Status {
-    match &e {
-        TreeError::Store { source, .. }
-            if matches!(
-                **source,
-                StoreError::ExceedsCapacity { .. } | StoreError::NoRoom(_)
-            ) =>
-        {
-            Status::resource_exhausted(e.to_string())
-        }
-        _ => from_tree(e),
-    }
+fn not_found(digest: &Digest) -> rpc::Status {
+    rpc_status(&Status::not_found(format!("blob {digest} not found")))
 }
 
 /// Where a captured path is: `path` itself (absolute) without a `root`; with one, `path`
@@ -195,32 +214,33 @@ impl LocalCas {
         };
         let captured = capture(disk.as_ref(), path, &options, &())
             .await
-            .map_err(capture_status)?;
+            .map_err(from_capture)?;
         let root = captured.root;
         if format == Format::DirectoryOnly {
             return Ok((None, root));
         }
-        let walked = walk(
-            disk.as_ref(),
-            &root,
-            casket_tree::default_concurrency(),
-            Gaps::Fail,
-        )
-        .await
-        .map_err(from_tree)?;
         // The root, then every other directory once, by digest: casd's order, so both
         // daemons store the same Tree.
-        let mut children: Vec<(&Digest, _)> = walked.directories().skip(1).collect();
-        children.sort_by_key(|(digest, _)| digest.hash_hex());
+        let mut directories = captured.encoded_directories;
+        let (_, root_bytes) = directories.pop().expect("the root is encoded last");
+        directories.sort_by_key(|(digest, _)| *digest.hash());
+        directories.dedup_by_key(|(digest, _)| *digest);
+        let decode = |bytes: &Bytes| {
+            reapi::Directory::decode(bytes.as_ref())
+                .map_err(|e| Status::internal(format!("re-reading a directory: {e}")))
+        };
         let tree = reapi::Tree {
-            root: walked.directories().next().map(|(_, d)| d.to_proto()),
-            children: children.into_iter().map(|(_, d)| d.to_proto()).collect(),
+            root: Some(decode(&root_bytes)?),
+            children: directories
+                .iter()
+                .map(|(_, bytes)| decode(bytes))
+                .collect::<Result<_, _>>()?,
         };
         let tree = disk
             .put_bytes(DigestFunction::Sha256, tree.encode_to_vec().into())
             .await
             .map_err(|e| {
-                capture_status(TreeError::Store {
+                from_capture(TreeError::Store {
                     path: path.display().to_string(),
                     source: Box::new(e),
                 })
@@ -312,27 +332,12 @@ impl LocalContentAddressableStorage for LocalCas {
         let wanted = digests(&request.blob_digests)?;
         let disk = self.disk();
         let missing = disk.find_missing(&wanted).await.map_err(from_store)?;
-        let failed: Vec<(Digest, rpc::Status)> = match self.remote(&request.instance_name, false).await? {
+        let failed = match self.remote(&request.instance_name, false).await? {
             _ if missing.is_empty() => Vec::new(),
             None => missing.iter().map(|d| (*d, not_found(d))).collect(),
             Some(remote) => {
-                let absent: HashSet<Digest> = remote
-                    .find_missing(&missing)
-                    .await
-                    .map_err(from_store)?
-                    .into_iter()
-                    .collect();
-                let present: Vec<Digest> = missing.iter().filter(|d| !absent.contains(d)).copied().collect();
-                let fetched = pull_blobs(&remote, disk.clone(), present.clone()).await;
-                let mut failed: Vec<(Digest, rpc::Status)> =
-                    absent.iter().map(|d| (*d, not_found(d))).collect();
-                if let Err(e) = fetched {
-                    // Report only what is still missing: a batch may have half succeeded.
-                    let status = rpc_status(&from_transfer(e));
-                    let still = disk.find_missing(&present).await.map_err(from_store)?;
-                    failed.extend(still.into_iter().map(|d| (d, status.clone())));
-                }
-                failed
+                let fetch = |present| pull_blobs(&remote, disk.clone(), present);
+                move_blobs(&missing, &remote, disk.as_ref(), fetch).await?
             }
         };
         // BuildStream reads a field that does not exist from any successful entry: only
@@ -356,19 +361,10 @@ impl LocalContentAddressableStorage for LocalCas {
         let wanted = digests(&request.blob_digests)?;
         let remote = self.required_remote(&request.instance_name, true).await?;
         let disk = self.disk();
-        let missing: HashSet<Digest> = disk
-            .find_missing(&wanted)
-            .await
-            .map_err(from_store)?
-            .into_iter()
-            .collect();
-        let present: Vec<Digest> = wanted.iter().filter(|d| !missing.contains(d)).copied().collect();
-        let mut failed: Vec<(Digest, rpc::Status)> = missing.iter().map(|d| (*d, not_found(d))).collect();
-        if let Err(e) = push_blobs(disk, &remote, &present, &()).await {
-            let status = rpc_status(&from_transfer(e));
-            let still = remote.find_missing(&present).await.map_err(from_store)?;
-            failed.extend(still.into_iter().map(|d| (d, status.clone())));
-        }
+        let (local, to) = (disk.clone(), &remote);
+        let upload =
+            move |present: Vec<Digest>| async move { push_blobs(local, to, &present, &()).await.map(drop) };
+        let failed = move_blobs(&wanted, disk.as_ref(), &remote, upload).await?;
         Ok(Response::new(UploadMissingBlobsResponse {
             responses: failed
                 .into_iter()
@@ -460,13 +456,7 @@ impl LocalContentAddressableStorage for LocalCas {
         };
         let staged = stage(&self.disk(), &root, &self.daemon.staging, path)
             .await
-            .map_err(|e| match e {
-                // casd's codes: an absent tree is a failed precondition, a non-empty target
-                // an invalid argument.
-                e if e.is_gap() => Status::failed_precondition(e.to_string()),
-                e @ TreeError::Target { .. } => Status::invalid_argument(e.to_string()),
-                e => from_tree(e),
-            })?;
+            .map_err(from_staging)?;
         let staged_path = staged.path.display().to_string();
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         let _ = tx
@@ -644,7 +634,7 @@ async fn capture_file(
         .ingest_file(path, DigestFunction::Sha256)
         .await
         .map_err(|e| {
-            capture_status(TreeError::Store {
+            from_capture(TreeError::Store {
                 path: path.display().to_string(),
                 source: Box::new(e),
             })

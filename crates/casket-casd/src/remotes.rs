@@ -96,7 +96,7 @@ impl Remotes {
             .into_iter()
             .flatten()
             .any(|r| r.read_only);
-        let local = &daemon.local;
+        let local = daemon.namespaces.default_namespace();
         let namespace = Namespace {
             blobs: match &cas {
                 Some(cas) => Arc::new(cas.clone()),

@@ -50,6 +50,33 @@ pub fn from_tree(e: TreeError) -> Status {
     Status::new(tree_code(&e), e.to_string())
 }
 
+/// A failed LocalCAS capture as a status: out of room is RESOURCE_EXHAUSTED (BuildStream's
+/// "Cache too full"), even for one file larger than the whole quota, where REAPI's own
+/// services say INVALID_ARGUMENT.
+pub fn from_capture(e: TreeError) -> Status {
+    match &e {
+        TreeError::Store { source, .. }
+            if matches!(
+                **source,
+                StoreError::ExceedsCapacity { .. } | StoreError::NoRoom(_)
+            ) =>
+        {
+            Status::resource_exhausted(e.to_string())
+        }
+        _ => from_tree(e),
+    }
+}
+
+/// A failed LocalCAS StageTree as a status, with buildbox-casd's codes: an incomplete tree is
+/// FAILED_PRECONDITION, a target that is not empty INVALID_ARGUMENT.
+pub fn from_staging(e: TreeError) -> Status {
+    match e {
+        e if e.is_gap() => Status::failed_precondition(e.to_string()),
+        e @ TreeError::Target { .. } => Status::invalid_argument(e.to_string()),
+        e => from_tree(e),
+    }
+}
+
 /// A failed transfer as a status: the remote's own code when an RPC failed.
 pub fn from_transfer(e: TransferError) -> Status {
     let code = match &e {

@@ -57,7 +57,7 @@ impl Default for CaptureOptions {
 }
 
 /// What a capture stored.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Captured {
     /// The digest of the root `Directory`.
     pub root: Digest,
@@ -69,6 +69,10 @@ pub struct Captured {
     pub symlinks: u64,
     /// Total size of the files.
     pub file_bytes: u64,
+    /// Every `Directory` stored, encoded, children before their parents (the root last); a
+    /// directory that occurs twice is here twice. For callers that need the tree's messages
+    /// (a REAPI `Tree`) without reading them back.
+    pub encoded_directories: Vec<(Digest, Bytes)>,
 }
 
 /// Files at most this large are read into memory by the capture and stored in batches.
@@ -137,7 +141,8 @@ pub async fn capture(
         directory_digests[index] = Some(digest);
         encoded.push((digest, bytes));
     }
-    store_directories(store, encoded, options.concurrency).await?;
+    // Cloning shares the buffers.
+    store_directories(store, encoded.clone(), options.concurrency).await?;
 
     Ok(Captured {
         root: directory_digests[0].expect("the root was encoded"),
@@ -145,6 +150,7 @@ pub async fn capture(
         directories: scan.directories.len() as u64,
         symlinks: scan.symlinks,
         file_bytes,
+        encoded_directories: encoded,
     })
 }
 

