@@ -2,7 +2,8 @@
 //!
 //! * [`BlobStore`]: the content-addressable store trait (batch `find_missing` is the primitive,
 //!   reads and writes stream), with [`BlobStoreExt`] conveniences on top.
-//! * Backends: [`DiskStore`] (read-only files under a root, born unnamed and linked into place), [`MemoryStore`],
+//! * Backends: [`DiskStore`] (read-only files under a root, born unnamed and linked into place),
+//!   [`BlockStore`] (small blobs packed into block files, an index in memory), [`MemoryStore`],
 //!   [`ObjectStoreBlobs`] over any `object_store` backend (S3 through [`S3Options`]), and
 //!   [`TieredStore`], a disk store in front of another store.
 //! * [`RefStore`] (named roots) and [`RecordStore`] (action results, assets), on disk beside a
@@ -12,6 +13,7 @@
 //!   feature): `fault::FaultyStore`, a wrapper that fails or hides chosen blobs.
 
 mod blob_store;
+mod block;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 mod disk;
@@ -28,6 +30,7 @@ pub use blob_store::{
     BlobStore, BlobStoreExt, BlobStream, BlobWriter, CHUNK_SIZE, ListedBlob, MAX_IN_MEMORY_BLOB, NewBlob,
     ReadRange, Usage, hash_file,
 };
+pub use block::{BlockOptions, BlockStore, Expiry, MAX_SMALL_BLOB_LIMIT, Verification};
 pub use disk::{DiskOptions, DiskStore, Layout, ObjectInfo, ObjectScan};
 pub use error::{Result, StoreError};
 pub use memory::MemoryStore;
