@@ -1,13 +1,13 @@
-//! The `[store]` configuration ([`StoreConfig`], one recursive serde enum: disk | memory | s3 |
-//! tiered { near, far }) and the factory that opens it as a [`Namespace`].
+//! The `[store]` configuration ([`StoreConfig`], one recursive serde enum: disk | blocks |
+//! memory | s3 | tiered { near, far }) and the factory that opens it as a [`Namespace`].
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use casket_store::{
-    DiskOptions, DiskStore, ExistenceCacheOptions, MemoryStore, ObjectRecords, ObjectRefs, ObjectStoreBlobs,
-    S3Options, StoreError, TieredStore,
+    BlobStore, BlockOptions, BlockStore, DiskOptions, DiskStore, ExistenceCacheOptions, MemoryStore,
+    ObjectRecords, ObjectRefs, ObjectStoreBlobs, S3Options, StoreError, TieredStore,
 };
 use serde::Deserialize;
 
@@ -27,13 +27,29 @@ pub enum StoreConfig {
         #[serde(default, deserialize_with = "de_size")]
         quota: Option<u64>,
     },
+    /// A block store: small blobs packed into large block files behind an index in memory,
+    /// large ones files of their own.
+    Blocks {
+        /// Its directory.
+        path: PathBuf,
+        /// Most disk space it may use, e.g. `"50G"`; the oldest blocks go beyond it, their
+        /// recently used blobs copied forward.
+        #[serde(default, deserialize_with = "de_size")]
+        quota: Option<u64>,
+        /// Blobs up to this size go into blocks [default: 1M, at most 64M].
+        #[serde(default, deserialize_with = "de_size")]
+        small_blob_limit: Option<u64>,
+        /// Blocks are sealed at this size [default: a sixteenth of the quota, 256K to 64M].
+        #[serde(default, deserialize_with = "de_size")]
+        block_size: Option<u64>,
+    },
     /// Everything in memory, gone when the server stops (for tests and demos).
     Memory,
     /// A bucket in S3 or an S3-compatible object store.
     S3(S3Config),
-    /// A disk store in front of another store (the store of record).
+    /// A disk or block store in front of another store (the store of record).
     Tiered {
-        /// The local tier: must be `kind = "disk"`.
+        /// The local tier: `kind = "disk"` or `kind = "blocks"`.
         near: Box<StoreConfig>,
         /// The store of record, shared by every frontend.
         far: Box<StoreConfig>,
@@ -105,10 +121,48 @@ impl S3Config {
 }
 
 impl StoreConfig {
+    /// The store already at `path`: a block store where one is, else a disk store.
+    pub fn at(path: PathBuf) -> StoreConfig {
+        if BlockStore::exists_at(&path) {
+            StoreConfig::Blocks {
+                path,
+                quota: None,
+                small_blob_limit: None,
+                block_size: None,
+            }
+        } else {
+            StoreConfig::Disk { path, quota: None }
+        }
+    }
+
+    /// The same store with `limit` as its quota unless it sets one (disk and block stores).
+    pub fn with_default_quota(self, limit: Option<u64>) -> StoreConfig {
+        match self {
+            StoreConfig::Disk { path, quota } => StoreConfig::Disk {
+                path,
+                quota: quota.or(limit),
+            },
+            StoreConfig::Blocks {
+                path,
+                quota,
+                small_blob_limit,
+                block_size,
+            } => StoreConfig::Blocks {
+                path,
+                quota: quota.or(limit),
+                small_blob_limit,
+                block_size,
+            },
+            other => other,
+        }
+    }
+
     /// Makes relative disk paths relative to `base`.
     pub fn resolve(&mut self, base: &Path) {
         match self {
-            StoreConfig::Disk { path, .. } if path.is_relative() => *path = base.join(&*path),
+            StoreConfig::Disk { path, .. } | StoreConfig::Blocks { path, .. } if path.is_relative() => {
+                *path = base.join(&*path);
+            }
             StoreConfig::Tiered { near, far } => {
                 near.resolve(base);
                 far.resolve(base);
@@ -146,9 +200,9 @@ pub enum OpenError {
         /// Why.
         source: Box<StoreError>,
     },
-    /// A tiered store's near tier is not a disk store.
-    #[error("the near tier of a tiered store must be kind = \"disk\"")]
-    NearNotDisk,
+    /// A tiered store's near tier is not a disk or block store.
+    #[error("the near tier of a tiered store must be kind = \"disk\" or \"blocks\"")]
+    NearNotLocal,
 }
 
 /// How stores are opened: the quota behaviour (its limit applies to a disk store, or a tiered
@@ -198,6 +252,37 @@ fn open_disk(path: &Path, fsync: bool) -> Result<DiskStore, OpenError> {
     })
 }
 
+/// Opens a block store, with the quota's limit (unless it sets its own) and grace.
+async fn open_blocks(config: &StoreConfig, options: &OpenOptions) -> Result<BlockStore, OpenError> {
+    let StoreConfig::Blocks {
+        path,
+        quota,
+        small_blob_limit,
+        block_size,
+    } = config
+    else {
+        return Err(OpenError::NearNotLocal);
+    };
+    let defaults = BlockOptions::default();
+    let block_options = BlockOptions {
+        capacity: quota.or(options.quota.limit),
+        small_blob_limit: small_blob_limit.unwrap_or(defaults.small_blob_limit),
+        block_size: *block_size,
+        grace: options.quota.grace,
+        fsync: options.fsync,
+        ..defaults
+    };
+    let root = path.clone();
+    tokio::task::spawn_blocking(move || BlockStore::open(&root, block_options))
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))
+        .and_then(|opened| opened)
+        .map_err(|source| OpenError::Disk {
+            path: path.clone(),
+            source: Box::new(source),
+        })
+}
+
 async fn quota(disk: &DiskStore, limit: Option<u64>, options: &OpenOptions) -> Result<Arc<Quota>, OpenError> {
     let quota = QuotaOptions {
         limit: limit.or(options.quota.limit),
@@ -220,6 +305,7 @@ pub async fn open_namespace(config: &StoreConfig, options: &OpenOptions) -> Resu
             let quota = quota(&disk, *limit, options).await?;
             Namespace::on_disk(&disk).with_quota(quota)
         }
+        StoreConfig::Blocks { .. } => Namespace::on_blocks(&open_blocks(config, options).await?),
         StoreConfig::Memory => {
             let records: Arc<dyn object_store::ObjectStore> = Arc::new(object_store::memory::InMemory::new());
             Namespace {
@@ -233,9 +319,6 @@ pub async fn open_namespace(config: &StoreConfig, options: &OpenOptions) -> Resu
         }
         StoreConfig::S3(s3) => open_bucket(s3)?,
         StoreConfig::Tiered { near, far } => {
-            let StoreConfig::Disk { path, quota: limit } = near.as_ref() else {
-                return Err(OpenError::NearNotDisk);
-            };
             let far_options = OpenOptions {
                 quota: QuotaOptions {
                     limit: None,
@@ -244,11 +327,23 @@ pub async fn open_namespace(config: &StoreConfig, options: &OpenOptions) -> Resu
                 ..options.clone()
             };
             let far = Box::pin(open_namespace(far, &far_options)).await?;
-            let disk = open_disk(path, options.fsync)?;
-            let budget = quota(&disk, *limit, options).await?;
+            let (near, budget, root): (Arc<dyn BlobStore>, Option<Arc<Quota>>, PathBuf) = match near.as_ref()
+            {
+                StoreConfig::Disk { path, quota: limit } => {
+                    let disk = open_disk(path, options.fsync)?;
+                    let budget = quota(&disk, *limit, options).await?;
+                    (Arc::new(disk.clone()), Some(budget), disk.root().to_owned())
+                }
+                blocks @ StoreConfig::Blocks { .. } => {
+                    let block = open_blocks(blocks, options).await?;
+                    (Arc::new(block.clone()), None, block.root().to_owned())
+                }
+                _ => return Err(OpenError::NearNotLocal),
+            };
+            let budget = budget.map(|budget| budget as Arc<dyn casket_store::SpaceBudget>);
             Namespace {
-                blobs: Arc::new(TieredStore::new(disk.clone(), far.blobs, Some(budget))),
-                description: format!("{} in front of {}", disk.root().display(), far.description),
+                blobs: Arc::new(TieredStore::new(near, far.blobs, budget)),
+                description: format!("{} in front of {}", root.display(), far.description),
                 quota: None,
                 ..far
             }

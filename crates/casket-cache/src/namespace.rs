@@ -4,9 +4,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use casket_store::{BlobStore, DiskRecords, DiskRefs, DiskStore, RecordStore, RefStore};
+use casket_store::{BlobStore, BlockStore, DiskRecords, DiskRefs, DiskStore, RecordStore, RefStore};
 
-use crate::quota::{Quota, QuotaStore};
+use crate::quota::{Capacity, Quota, QuotaStore};
 
 /// Everything one cache keeps: what every frontend serves and what expiry walks.
 #[derive(Clone, Debug)]
@@ -19,8 +19,8 @@ pub struct Namespace {
     pub action_cache: Arc<dyn RecordStore>,
     /// Remote Asset entries.
     pub assets: Arc<dyn RecordStore>,
-    /// The disk store's quota and exact usage, when `blobs` is a disk store under one.
-    pub quota: Option<Arc<Quota>>,
+    /// The store's exact usage and limit: a disk store's quota, or a block store.
+    pub quota: Option<Arc<dyn Capacity>>,
     /// What the store is, for messages and `/status` (its directory, for a disk store).
     pub description: String,
 }
@@ -38,6 +38,17 @@ impl Namespace {
         }
     }
 
+    /// `store`, with its refs, action results and assets beside its large blobs, under the
+    /// capacity it keeps itself.
+    pub fn on_blocks(store: &BlockStore) -> Self {
+        Namespace {
+            blobs: Arc::new(store.clone()),
+            quota: Some(Arc::new(store.clone())),
+            description: store.root().display().to_string(),
+            ..Namespace::on_disk(store.disk())
+        }
+    }
+
     /// The largest blob this namespace can store, if there is a limit: no blob larger than the
     /// quota fits.
     pub fn max_blob_size(&self) -> Option<u64> {
@@ -48,7 +59,7 @@ impl Namespace {
     pub fn with_quota(self, quota: Arc<Quota>) -> Self {
         Namespace {
             blobs: Arc::new(QuotaStore::new(quota.clone())),
-            quota: Some(quota),
+            quota: Some(quota as Arc<dyn Capacity>),
             ..self
         }
     }

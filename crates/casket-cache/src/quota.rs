@@ -64,6 +64,35 @@ impl Default for QuotaOptions {
     }
 }
 
+/// A store's exact usage and limit, as `/status` and the metrics show them: a disk store's
+/// [`Quota`], or a block store, which keeps its own.
+pub trait Capacity: Send + Sync + std::fmt::Debug {
+    /// Exact usage now.
+    fn usage(&self) -> Usage;
+    /// The most bytes the store may take on disk, if limited.
+    fn limit(&self) -> Option<u64>;
+}
+
+impl Capacity for Quota {
+    fn usage(&self) -> Usage {
+        Quota::usage(self)
+    }
+
+    fn limit(&self) -> Option<u64> {
+        Quota::limit(self)
+    }
+}
+
+impl Capacity for casket_store::BlockStore {
+    fn usage(&self) -> Usage {
+        self.current_usage()
+    }
+
+    fn limit(&self) -> Option<u64> {
+        self.options().capacity
+    }
+}
+
 /// Told of every eviction (the server's metrics).
 pub trait EvictionListener: Send + Sync + std::fmt::Debug {
     /// `blobs` objects, `bytes` allocated, were evicted.

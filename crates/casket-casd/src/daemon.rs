@@ -404,7 +404,7 @@ async fn open(options: &DaemonOptions) -> Result<Daemon, DaemonError> {
                 // when the local cache lacks a blob: casd's proxy mode.
                 let budget: Arc<dyn SpaceBudget> = quota.clone();
                 local.blobs = Arc::new(TieredStore::new(
-                    store.clone(),
+                    Arc::new(store.clone()),
                     remote.clone() as Arc<dyn BlobStore>,
                     Some(budget),
                 ));

@@ -1,4 +1,4 @@
-//! `TieredStore`: a local disk store (near) in front of a shared store of record (far), so a
+//! `TieredStore`: a local store (near: a disk or block store) in front of a shared store of record (far), so a
 //! frontend serves hot blobs from its own disk while every frontend sees the same blobs.
 //!
 //! * Reads are read-through: a blob absent near is copied in from far (verified by the disk
@@ -23,7 +23,6 @@ use futures::StreamExt;
 use futures::future::{BoxFuture, FutureExt, Shared};
 
 use crate::blob_store::{BlobStore, BlobStream, BlobWriter, NewBlob, ReadRange, Usage};
-use crate::disk::DiskStore;
 use crate::error::Result;
 
 /// Room held for data being written near; released when dropped.
@@ -39,10 +38,10 @@ pub trait SpaceBudget: Send + Sync + fmt::Debug {
 
 type Fill = Shared<BoxFuture<'static, bool>>;
 
-/// A disk store in front of a store of record. See the module documentation.
+/// A local store in front of a store of record. See the module documentation.
 #[derive(Clone)]
 pub struct TieredStore {
-    near: DiskStore,
+    near: Arc<dyn BlobStore>,
     far: Arc<dyn BlobStore>,
     budget: Option<Arc<dyn SpaceBudget>>,
     /// Copies from far to near under way, by digest.
@@ -61,7 +60,11 @@ impl fmt::Debug for TieredStore {
 
 impl TieredStore {
     /// Keeps copies of `far`'s blobs in `near`, within `budget` if there is one.
-    pub fn new(near: DiskStore, far: Arc<dyn BlobStore>, budget: Option<Arc<dyn SpaceBudget>>) -> Self {
+    pub fn new(
+        near: Arc<dyn BlobStore>,
+        far: Arc<dyn BlobStore>,
+        budget: Option<Arc<dyn SpaceBudget>>,
+    ) -> Self {
         TieredStore {
             near,
             far,
@@ -71,7 +74,7 @@ impl TieredStore {
     }
 
     /// The near store.
-    pub fn near(&self) -> &DiskStore {
+    pub fn near(&self) -> &Arc<dyn BlobStore> {
         &self.near
     }
 
@@ -287,7 +290,7 @@ impl BlobWriter for TieredWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{BlobStoreExt, DiskOptions, MemoryStore};
+    use crate::{BlobStoreExt, BlockOptions, BlockStore, DiskOptions, DiskStore, MemoryStore};
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn tiered(
@@ -296,13 +299,21 @@ mod tests {
         budget: Option<Arc<dyn SpaceBudget>>,
     ) -> TieredStore {
         let near = DiskStore::open(dir, DiskOptions::default()).expect("open");
-        TieredStore::new(near, far, budget)
+        TieredStore::new(Arc::new(near), far, budget)
     }
 
     #[tokio::test]
     async fn conformance() {
         let dir = tempfile::tempdir().expect("tempdir");
         crate::conformance::run_all(&tiered(dir.path(), Arc::new(MemoryStore::new()), None)).await;
+    }
+
+    #[tokio::test]
+    async fn conformance_with_a_block_store_near() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let near = BlockStore::open(dir.path(), BlockOptions::default()).expect("open");
+        let store = TieredStore::new(Arc::new(near), Arc::new(MemoryStore::new()), None);
+        crate::conformance::run_all(&store).await;
     }
 
     /// Counts reads that reach far.

@@ -207,10 +207,13 @@ impl FsckReport {
 
 /// Re-hashes every object, then checks that every ref is readable and its tree complete. With
 /// `repair`, corrupt objects, strays, temp files and unreadable ref files are removed before the
-/// trees are checked, so the refs they broke are reported. Nothing it reads counts as use.
+/// trees are checked, so the refs they broke are reported. Nothing it reads counts as use. The
+/// trees are read from `trees`: the store itself (`store.untouched()`), or the block store whose
+/// large blobs, records and refs `store` holds, through a view that does not touch either.
 pub async fn fsck(
     store: &DiskStore,
     refs: &DiskRefs,
+    trees: &dyn BlobStore,
     options: &FsckOptions,
     progress: &dyn Progress,
 ) -> Result<FsckReport> {
@@ -278,9 +281,8 @@ pub async fn fsck(
         }
     }
     report.corrupt_refs = ref_scan.corrupt;
-    let view = store.untouched();
     for RefEntry { name, digest, .. } in ref_scan.refs {
-        if let Some(problem) = crate::Tree::problem(&view, &digest).await? {
+        if let Some(problem) = crate::Tree::problem(trees, &digest).await? {
             report.incomplete_refs.push(IncompleteRef {
                 name,
                 root: digest,

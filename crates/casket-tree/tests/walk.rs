@@ -80,7 +80,7 @@ async fn completeness_is_checked_against_the_store_of_record() {
     let dir = tempfile::tempdir().unwrap();
     let near = DiskStore::open(dir.path(), DiskOptions::default()).unwrap();
     let far = Arc::new(MemoryStore::new());
-    let tiered = TieredStore::new(near, far.clone(), None);
+    let tiered = TieredStore::new(Arc::new(near), far.clone(), None);
     let [root, a, ..] = two_subdirectories(&tiered).await;
     assert!(Tree::problem(&tiered, &root).await.unwrap().is_none());
     far.delete(&a).await.unwrap();

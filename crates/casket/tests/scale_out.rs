@@ -56,7 +56,7 @@ fn s3_and_tiered_stores_pass_the_conformance_suite_on_garage() {
 
         let near = DiskStore::open(dir.path().join("near"), DiskOptions::default()).unwrap();
         let far = Arc::new(ObjectStoreBlobs::new(through_2.clone(), "conformance-tiered"));
-        casket_store::conformance::run_all(&TieredStore::new(near, far, None)).await;
+        casket_store::conformance::run_all(&TieredStore::new(Arc::new(near), far, None)).await;
 
         // Written through node 1, read through node 2: blobs, refs and records.
         let (a, b) = (

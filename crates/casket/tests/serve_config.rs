@@ -4,24 +4,7 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-
-use support::{Serve, casket, run};
-
-/// `GET path` over HTTP/1.1; the response body.
-fn http_get(address: &str, path: &str) -> String {
-    let mut stream = TcpStream::connect(address).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    response.split_once("\r\n\r\n").unwrap().1.to_owned()
-}
+use support::{Serve, casket, http_get, run};
 
 #[test]
 fn the_config_file_sets_quota_tokens_instances_and_the_monitoring_port() {

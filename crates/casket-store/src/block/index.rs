@@ -124,9 +124,9 @@ impl Index {
     pub(crate) fn get(&self, digest: &Digest, touch: Option<u32>) -> Option<Found> {
         let (function, hash) = (function_code(digest.function()), digest.hash());
         let shard = self.read(hash);
-        let &slot = shard
-            .table
-            .find(table_hash(function, hash), |&i| shard.slots[i as usize].matches(function, hash))?;
+        let &slot = shard.table.find(table_hash(function, hash), |&i| {
+            shard.slots[i as usize].matches(function, hash)
+        })?;
         let slot = &shard.slots[slot as usize];
         if let Some(now) = touch {
             slot.last_used.fetch_max(now, Ordering::Relaxed);
@@ -152,7 +152,10 @@ impl Index {
         let mut shard = self.write(hash);
         let shard = &mut *shard;
         let key = table_hash(function, hash);
-        if let Some(&i) = shard.table.find(key, |&i| shard.slots[i as usize].matches(function, hash)) {
+        if let Some(&i) = shard
+            .table
+            .find(key, |&i| shard.slots[i as usize].matches(function, hash))
+        {
             let old = std::mem::replace(&mut shard.slots[i as usize], slot);
             self.bytes.fetch_sub(old.size, Ordering::Relaxed);
             self.bytes.fetch_add(digest.size(), Ordering::Relaxed);
@@ -191,7 +194,9 @@ impl Index {
         let slots = &shard.slots;
         let entry = shard
             .table
-            .find_entry(table_hash(function, hash), |&i| slots[i as usize].matches(function, hash))
+            .find_entry(table_hash(function, hash), |&i| {
+                slots[i as usize].matches(function, hash)
+            })
             .ok()?;
         let found = slots[*entry.get() as usize].found();
         if at.is_some_and(|at| at != found.place) {
@@ -274,9 +279,20 @@ mod tests {
         let d = digest(1);
         let here = Place::Block { block: 3, offset: 96 };
         assert_eq!(index.insert(&d, here, 10), None);
-        assert_eq!(index.get(&d, None), Some(Found { size: 4, place: here, last_used: 10 }));
+        assert_eq!(
+            index.get(&d, None),
+            Some(Found {
+                size: 4,
+                place: here,
+                last_used: 10
+            })
+        );
         assert_eq!(index.get(&d, Some(20)).map(|f| f.last_used), Some(20));
-        assert_eq!(index.get(&d, Some(5)).map(|f| f.last_used), Some(20), "touches never go back");
+        assert_eq!(
+            index.get(&d, Some(5)).map(|f| f.last_used),
+            Some(20),
+            "touches never go back"
+        );
         assert_eq!((index.blobs(), index.bytes()), (1, 4));
         assert_eq!(index.remove(&d, Some(Place::File)), None, "only where it is");
         assert!(index.remove(&d, Some(here)).is_some());

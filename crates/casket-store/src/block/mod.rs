@@ -117,6 +117,8 @@ pub struct Verification {
 #[derive(Clone)]
 pub struct BlockStore {
     inner: Arc<Inner>,
+    /// Whether reads and existence checks count as use.
+    touch: bool,
 }
 
 struct Inner {
@@ -228,7 +230,21 @@ impl BlockStore {
         if !options.fsync {
             start_syncer(Arc::downgrade(&inner), options.sync_interval);
         }
-        Ok(BlockStore { inner })
+        Ok(BlockStore { inner, touch: true })
+    }
+
+    /// The same store, except that reads and existence checks through it do not count as use
+    /// (for fsck).
+    pub fn untouched(&self) -> BlockStore {
+        BlockStore {
+            inner: self.inner.clone(),
+            touch: false,
+        }
+    }
+
+    /// Now, if reads count as use.
+    fn touch_time(&self) -> Option<u32> {
+        self.touch.then(now_secs)
     }
 
     /// The store's directory.
@@ -252,7 +268,8 @@ impl BlockStore {
         Usage {
             blobs: inner.index.blobs(),
             bytes: inner.index.bytes(),
-            stored_bytes: inner.block_bytes.load(Ordering::Relaxed) + inner.large_bytes.load(Ordering::Relaxed),
+            stored_bytes: inner.block_bytes.load(Ordering::Relaxed)
+                + inner.large_bytes.load(Ordering::Relaxed),
         }
     }
 
@@ -267,9 +284,9 @@ impl BlockStore {
     }
 
     /// Expires whole blocks and large files, oldest first, until at most `target` bytes are
-    /// stored (blobs used within the grace period are copied forward, never dropped). Blocks:
-    /// call it from a blocking thread.
-    pub fn expire(&self, target: u64) -> Result<Expiry> {
+    /// stored; blobs used within `grace` are copied forward, never dropped, so the target may
+    /// not be met. Blocks: call it from a blocking thread.
+    pub fn expire(&self, target: u64, grace: Duration) -> Result<Expiry> {
         let inner = &self.inner;
         let mut blocks = inner.lock_blocks();
         let before = inner.stored();
@@ -282,7 +299,7 @@ impl BlockStore {
             let file = blocks.seal()?;
             inner.files_mut().insert(blocks.open.block.seq, file);
         }
-        match inner.make_room(&mut blocks, target, 0, &mut expiry) {
+        match inner.make_room(&mut blocks, target, 0, grace, &mut expiry) {
             // What is left was used within the grace period.
             Ok(()) | Err(StoreError::NoRoom(_)) => {}
             Err(e) => return Err(e),
@@ -338,7 +355,10 @@ impl BlockStore {
         let mut batch: Vec<(Header, &Bytes)> = Vec::new();
         let mut batch_bytes = 0;
         for (digest, data) in blobs {
-            let present = inner.index.get(digest, Some(now)).is_some_and(|f| f.size == digest.size());
+            let present = inner
+                .index
+                .get(digest, Some(now))
+                .is_some_and(|f| f.size == digest.size());
             if digest.is_empty_blob() || present || !seen.insert(*digest) {
                 continue;
             }
@@ -416,7 +436,13 @@ impl BlockStore {
         if let Some(capacity) = inner.options.capacity {
             let mut blocks = inner.lock_blocks();
             let reserved = inner.reserved.load(Ordering::Relaxed);
-            inner.make_room(&mut blocks, capacity, reserved + bytes, &mut Expiry::default())?;
+            inner.make_room(
+                &mut blocks,
+                capacity,
+                reserved + bytes,
+                inner.options.grace,
+                &mut Expiry::default(),
+            )?;
         }
         inner.reserved.fetch_add(bytes, Ordering::Relaxed);
         Ok(Reservation {
@@ -495,7 +521,13 @@ impl Inner {
         let mut blocks = self.lock_blocks();
         if let Some(capacity) = self.options.capacity {
             let need = bytes.len() as u64 + self.reserved.load(Ordering::Relaxed);
-            self.make_room(&mut blocks, capacity, need, &mut Expiry::default())?;
+            self.make_room(
+                &mut blocks,
+                capacity,
+                need,
+                self.options.grace,
+                &mut Expiry::default(),
+            )?;
         }
         self.append_locked(&mut blocks, &bytes, &headers)
     }
@@ -518,7 +550,14 @@ impl Inner {
 
     /// Expires until `need` more bytes fit under `limit`; `NoRoom` if everything left was used
     /// within the grace period.
-    fn make_room(&self, blocks: &mut Blocks, limit: u64, need: u64, expiry: &mut Expiry) -> Result<()> {
+    fn make_room(
+        &self,
+        blocks: &mut Blocks,
+        limit: u64,
+        need: u64,
+        grace: Duration,
+        expiry: &mut Expiry,
+    ) -> Result<()> {
         if need > limit && self.options.capacity == Some(limit) {
             return Err(StoreError::ExceedsCapacity {
                 bytes: need,
@@ -526,7 +565,7 @@ impl Inner {
             });
         }
         // Blobs last used after this second are within the grace period.
-        let cutoff = now_secs().saturating_sub(u32::try_from(self.options.grace.as_secs()).unwrap_or(u32::MAX));
+        let cutoff = now_secs().saturating_sub(u32::try_from(grace.as_secs()).unwrap_or(u32::MAX));
         // Each pass expires one block or file; after as many passes as there are, whatever
         // is left was copied forward.
         let mut passes = blocks.sealed.len() + self.index.files().len() + 1;
@@ -536,7 +575,7 @@ impl Inner {
                     "the store is full ({} of {limit} bytes used) and everything left was used \
                      within the last {} s",
                     self.stored(),
-                    self.options.grace.as_secs()
+                    grace.as_secs()
                 )));
             }
             passes -= 1;
@@ -582,7 +621,11 @@ impl Inner {
         let Some((oldest, entries)) = blocks.oldest_records()? else {
             return Ok(());
         };
-        let (seq, file, path) = (oldest.block.seq, oldest.block.file.clone(), oldest.block.path.clone());
+        let (seq, file, path) = (
+            oldest.block.seq,
+            oldest.block.file.clone(),
+            oldest.block.path.clone(),
+        );
         let mut forward: Vec<(Header, Bytes)> = Vec::new();
         for entry in entries.iter().filter(|e| e.header.kind == Kind::Blob) {
             let digest = entry.header.digest;
@@ -701,7 +744,7 @@ impl BlobWriter for LargeWriter {
 #[async_trait]
 impl BlobStore for BlockStore {
     async fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>> {
-        let now = now_secs();
+        let now = self.touch_time();
         Ok(digests
             .iter()
             .filter(|d| {
@@ -709,7 +752,7 @@ impl BlobStore for BlockStore {
                     && self
                         .inner
                         .index
-                        .get(d, Some(now))
+                        .get(d, now)
                         .is_none_or(|found| found.size != d.size())
             })
             .copied()
@@ -721,7 +764,7 @@ impl BlobStore for BlockStore {
         if digest.is_empty_blob() {
             return Ok(Some(futures::stream::empty().boxed()));
         }
-        let Some(found) = self.inner.index.get(digest, Some(now_secs())) else {
+        let Some(found) = self.inner.index.get(digest, self.touch_time()) else {
             return Ok(None);
         };
         if found.size != digest.size() {
@@ -739,7 +782,9 @@ impl BlobStore for BlockStore {
         };
         let start = range.offset as usize;
         let data = Bytes::from(data).slice(start..start + len as usize);
-        Ok(Some(futures::stream::iter((!data.is_empty()).then_some(Ok(data))).boxed()))
+        Ok(Some(
+            futures::stream::iter((!data.is_empty()).then_some(Ok(data))).boxed(),
+        ))
     }
 
     async fn begin_write(&self, digest: &Digest) -> Result<Box<dyn BlobWriter>> {
@@ -842,13 +887,13 @@ impl BlobStore for BlockStore {
         }
         let mut out = vec![None; digests.len()];
         let mut small = Vec::new();
-        let now = now_secs();
+        let now = self.touch_time();
         for (i, digest) in digests.iter().enumerate() {
             if digest.is_empty_blob() {
                 out[i] = Some(Bytes::new());
                 continue;
             }
-            match self.inner.index.get(digest, Some(now)) {
+            match self.inner.index.get(digest, now) {
                 Some(found) if found.size == digest.size() => match found.place {
                     Place::File => out[i] = crate::BlobStoreExt::get_bytes(self, digest).await?,
                     Place::Block { .. } => small.push((i, *digest)),
@@ -871,15 +916,14 @@ impl BlobStore for BlockStore {
     }
 
     async fn ingest_file(&self, path: &Path, function: DigestFunction) -> Result<Digest> {
-        let size = tokio::fs::metadata(path)
-            .await
-            .io_context("stat", path)?
-            .len();
+        let size = tokio::fs::metadata(path).await.io_context("stat", path)?.len();
         if size <= self.inner.options.small_blob_limit {
             let data = tokio::fs::read(path).await.io_context("read", path)?;
             let blob = NewBlob::new(Bytes::from(data));
             let mut results = self.put_many(function, vec![blob]).await?;
-            return results.pop().unwrap_or(Err(StoreError::Task("no result".to_owned())));
+            return results
+                .pop()
+                .unwrap_or(Err(StoreError::Task("no result".to_owned())));
         }
         let store = self.clone();
         let _reservation = blocking(move || store.reserve(size)).await?;

@@ -113,7 +113,8 @@ pub(crate) fn encode_index(seq: u32, len: u64, entries: &[IndexEntry]) -> Vec<u8
 pub(crate) fn decode_index(bytes: &[u8], seq: u32, len: u64) -> Option<Vec<IndexEntry>> {
     let body_len = bytes.len().checked_sub(CHECKSUM_LEN)?;
     let (body, checksum) = bytes.split_at(body_len);
-    if blake3::hash(body).as_bytes() != checksum || body.len() < INDEX_HEADER_LEN || body[..4] != INDEX_MAGIC {
+    if blake3::hash(body).as_bytes() != checksum || body.len() < INDEX_HEADER_LEN || body[..4] != INDEX_MAGIC
+    {
         return None;
     }
     let indexed_seq = u32::from_le_bytes(body[4..8].try_into().ok()?);
@@ -226,7 +227,14 @@ mod tests {
         let mut flipped = encoded.clone();
         flipped[20] ^= 1;
         assert_eq!(decode_index(&flipped, 7, 99), None, "flipped bit");
-        let beyond = encode_index(1, 10, &[IndexEntry { offset: 0, header: header(Kind::Blob, DigestFunction::Sha256, b"abc", 5) }]);
+        let beyond = encode_index(
+            1,
+            10,
+            &[IndexEntry {
+                offset: 0,
+                header: header(Kind::Blob, DigestFunction::Sha256, b"abc", 5),
+            }],
+        );
         assert_eq!(decode_index(&beyond, 1, 10), None, "a record past the end");
     }
 

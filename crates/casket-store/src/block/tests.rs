@@ -129,7 +129,10 @@ async fn a_torn_write_at_the_end_is_cut_off_at_start() {
         .unwrap();
     let store = open(dir.path(), options());
     assert!(store.find_missing(&digests).await.unwrap().is_empty());
-    assert_eq!(store.find_missing(&[torn.digest]).await.unwrap(), vec![torn.digest]);
+    assert_eq!(
+        store.find_missing(&[torn.digest]).await.unwrap(),
+        vec![torn.digest]
+    );
     assert_eq!(std::fs::metadata(&open_block).unwrap().len(), intact_len);
     // Writing on after the cut works and survives another restart.
     let more = put_all(&store, &[blob(99, 100)]).await;
@@ -153,7 +156,10 @@ async fn a_damaged_index_file_is_rebuilt_from_its_block() {
     let rebuilt = std::fs::read(&first).unwrap();
     let seq = 1;
     let len = std::fs::metadata(first.with_extension("blk")).unwrap().len();
-    assert!(record::decode_index(&rebuilt, seq, len).is_some(), "the index was rewritten");
+    assert!(
+        record::decode_index(&rebuilt, seq, len).is_some(),
+        "the index was rewritten"
+    );
 }
 
 #[tokio::test]
@@ -166,7 +172,11 @@ async fn corrupt_bytes_are_never_served() {
     let file = OpenOptions::new().write(true).open(&block).unwrap();
     std::os::unix::fs::FileExt::write_all_at(&file, b"X", 100).unwrap();
     assert_eq!(store.get_bytes(&digest).await.unwrap(), None);
-    assert_eq!(store.find_missing(&[digest]).await.unwrap(), vec![digest], "dropped, so it can be stored again");
+    assert_eq!(
+        store.find_missing(&[digest]).await.unwrap(),
+        vec![digest],
+        "dropped, so it can be stored again"
+    );
     let again = store.put_bytes(SHA, blob(1, 5000)).await.unwrap();
     assert_eq!(store.get_bytes(&again).await.unwrap(), Some(blob(1, 5000)));
 }
@@ -184,7 +194,10 @@ async fn verify_reports_damage() {
     assert_eq!(verification.intact, 10);
     assert_eq!(verification.corrupt.len(), 10);
     assert_eq!(verification.damaged_blocks.len(), 1);
-    assert_eq!(store.find_missing(&digests).await.unwrap(), digests[10..].to_vec());
+    assert_eq!(
+        store.find_missing(&digests).await.unwrap(),
+        digests[10..].to_vec()
+    );
 }
 
 #[tokio::test]
@@ -203,9 +216,20 @@ async fn expiry_drops_whole_blocks_oldest_first() {
     let later = put_all(&store, &(1000..2000).map(|n| blob(n, 1000)).collect::<Vec<_>>()).await;
     let usage = store.usage().await.unwrap();
     assert!(usage.stored_bytes <= capacity, "{usage:?}");
-    assert_eq!(store.find_missing(&first).await.unwrap(), first, "the oldest went first");
-    assert!(store.find_missing(&later[later.len() - 100..]).await.unwrap().is_empty());
-    let missing = store.find_missing(&first).await.unwrap().len() + store.find_missing(&later).await.unwrap().len();
+    assert_eq!(
+        store.find_missing(&first).await.unwrap(),
+        first,
+        "the oldest went first"
+    );
+    assert!(
+        store
+            .find_missing(&later[later.len() - 100..])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let missing =
+        store.find_missing(&first).await.unwrap().len() + store.find_missing(&later).await.unwrap().len();
     assert_eq!(usage.blobs, 1200 - missing as u64, "exact counts");
 }
 
@@ -231,7 +255,10 @@ async fn expiry_copies_recently_used_blobs_forward() {
         }
     };
     assert!(matches!(refused, StoreError::NoRoom(_)), "{refused}");
-    assert!(store.find_missing(&kept).await.unwrap().is_empty(), "nothing used within the grace period is lost");
+    assert!(
+        store.find_missing(&kept).await.unwrap().is_empty(),
+        "nothing used within the grace period is lost"
+    );
     assert!(store.usage().await.unwrap().stored_bytes <= capacity);
 }
 
@@ -252,10 +279,16 @@ async fn expire_keeps_what_was_used_and_reports() {
     put_all(&store, &(1000..1300).map(|n| blob(n, 1000)).collect::<Vec<_>>()).await;
     let before = store.usage().await.unwrap().stored_bytes;
     // The target cannot be reached: the 300 new blobs are within the grace period too.
-    let expiry = store.expire(before / 2).unwrap();
+    let expiry = store.expire(before / 2, Duration::from_secs(2)).unwrap();
     assert_eq!(expiry.removed_blobs, 290, "{expiry:?}");
-    assert!(expiry.copied_forward >= 10 && expiry.after < expiry.before, "{expiry:?}");
-    assert!(store.find_missing(used).await.unwrap().is_empty(), "used ones were copied forward");
+    assert!(
+        expiry.copied_forward >= 10 && expiry.after < expiry.before,
+        "{expiry:?}"
+    );
+    assert!(
+        store.find_missing(used).await.unwrap().is_empty(),
+        "used ones were copied forward"
+    );
     assert!(!store.find_missing(&old[10..]).await.unwrap().is_empty());
     // The copies carry their last use across a restart.
     drop(store);
@@ -277,7 +310,7 @@ async fn a_reader_finishes_a_blob_whose_block_is_expired() {
     let digest = store.put_bytes(SHA, data.clone()).await.unwrap();
     put_all(&store, &(10..20).map(|n| blob(n, 60 << 10)).collect::<Vec<_>>()).await;
     let stream = store.read(&digest, ReadRange::ALL).await.unwrap().unwrap();
-    store.expire(0).unwrap();
+    store.expire(0, Duration::ZERO).unwrap();
     let read: Vec<Bytes> = futures::TryStreamExt::try_collect(stream).await.unwrap();
     assert_eq!(read.concat(), data.to_vec());
     assert_eq!(store.find_missing(&[digest]).await.unwrap(), vec![digest]);
@@ -335,7 +368,13 @@ async fn fsync_mode_round_trips() {
     );
     let digests = put_all(&store, &(0..300).map(|n| blob(n, 1000)).collect::<Vec<_>>()).await;
     drop(store);
-    assert!(open(dir.path(), options()).find_missing(&digests).await.unwrap().is_empty());
+    assert!(
+        open(dir.path(), options())
+            .find_missing(&digests)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@ use anyhow::{Context as _, anyhow, bail};
 use casket_cache::config::open_bucket;
 use casket_cache::retention::{RetentionOptions, expire};
 
+use casket_store::{BlobStore, BlockStore};
 use casket_tree::maintenance::{FsckOptions, GcOptions};
 use clap::Args;
 use serde_json::json;
@@ -121,6 +122,9 @@ pub async fn gc(cx: &Context, args: GcArgs) -> anyhow::Result<ExitCode> {
     let Some(quota) = args.quota else {
         bail!("--quota is required for a disk store");
     };
+    if let Some(block) = &cx.block {
+        return expire_blocks(block, quota, &args).await;
+    }
     let options = GcOptions {
         quota,
         grace: args.grace,
@@ -165,6 +169,39 @@ pub async fn gc(cx: &Context, args: GcArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// Expires a block store to a quota: whole blocks, oldest first, their recently used blobs
+/// copied forward.
+async fn expire_blocks(block: &BlockStore, quota: u64, args: &GcArgs) -> anyhow::Result<ExitCode> {
+    let (store, grace) = (block.clone(), args.grace);
+    let expiry = tokio::task::spawn_blocking(move || store.expire(quota, grace)).await??;
+    let quota_met = expiry.after <= quota;
+    if args.json {
+        print_json(&json!({
+            "quota": quota,
+            "before": { "stored_bytes": expiry.before },
+            "after": { "stored_bytes": expiry.after },
+            "removed_blobs": expiry.removed_blobs,
+            "copied_forward": expiry.copied_forward,
+            "quota_met": quota_met,
+        }))?;
+    } else {
+        out!(
+            "removed {} blobs, copied {} used within {:?} forward; {} on disk (was {}), quota {}",
+            expiry.removed_blobs,
+            expiry.copied_forward,
+            args.grace,
+            format_size(expiry.after),
+            format_size(expiry.before),
+            format_size(quota),
+        );
+    }
+    Ok(if quota_met {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
 /// Prints exact usage.
 pub async fn du(cx: &Context, args: DuArgs) -> anyhow::Result<ExitCode> {
     let usage = cx.blobs.usage().await?;
@@ -195,9 +232,26 @@ pub async fn fsck(cx: &Context, args: FsckArgs) -> anyhow::Result<ExitCode> {
         repair: args.repair,
         concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
     };
+    // A block store's blocks first: damaged records leave its index, so the refs they broke
+    // are reported below.
+    let blocks = match &cx.block {
+        Some(block) => {
+            let store = block.clone();
+            Some(tokio::task::spawn_blocking(move || store.verify()).await??)
+        }
+        None => None,
+    };
+    let trees: Box<dyn BlobStore> = match &cx.block {
+        Some(block) => Box::new(block.untouched()),
+        None => Box::new(cx.disk.untouched()),
+    };
     let bar = Bar::new("fsck", cx.quiet);
-    let report = casket_tree::maintenance::fsck(&cx.disk, &cx.refs, &options, &bar).await?;
+    let mut report =
+        casket_tree::maintenance::fsck(&cx.disk, &cx.refs, trees.as_ref(), &options, &bar).await?;
     bar.finish();
+    let blocks = blocks.unwrap_or_default();
+    report.blobs += blocks.intact + blocks.corrupt.len() as u64;
+    let clean = report.is_clean() && blocks.corrupt.is_empty() && blocks.damaged_blocks.is_empty();
     if args.json {
         print_json(&json!({
             "blobs": report.blobs,
@@ -207,8 +261,10 @@ pub async fn fsck(cx: &Context, args: FsckArgs) -> anyhow::Result<ExitCode> {
             "temp_files": report.temp_files.len(),
             "corrupt_refs": report.corrupt_refs.iter().map(|r| json!({ "path": r.path.display().to_string(), "reason": r.reason })).collect::<Vec<_>>(),
             "incomplete_refs": report.incomplete_refs.iter().map(|r| json!({ "name": r.name.as_str(), "root": r.root.to_string(), "problem": r.problem })).collect::<Vec<_>>(),
+            "damaged_blocks": blocks.damaged_blocks.iter().map(|(path, valid, len)| json!({ "path": path.display().to_string(), "valid": valid, "len": len })).collect::<Vec<_>>(),
+            "damaged_records": blocks.corrupt.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "repaired": report.repaired,
-            "clean": report.is_clean(),
+            "clean": clean,
         }))?;
     } else {
         let verb = if report.repaired { "removed" } else { "found" };
@@ -223,6 +279,12 @@ pub async fn fsck(cx: &Context, args: FsckArgs) -> anyhow::Result<ExitCode> {
         for p in &report.strays {
             out!("stray file {}, {verb}", p.display());
         }
+        for (path, valid, len) in &blocks.damaged_blocks {
+            out!("block {} is damaged after byte {valid} of {len}", path.display());
+        }
+        for digest in &blocks.corrupt {
+            out!("blob {digest} in a damaged block record, dropped from the index");
+        }
         if !report.temp_files.is_empty() {
             out!(
                 "{} temp files of interrupted or running writes, {verb}",
@@ -235,11 +297,11 @@ pub async fn fsck(cx: &Context, args: FsckArgs) -> anyhow::Result<ExitCode> {
         for r in &report.incomplete_refs {
             out!("incomplete ref {} ({}): {}", r.name, r.root, r.problem);
         }
-        if report.is_clean() {
+        if clean {
             out!("clean");
         }
     }
-    Ok(if report.is_clean() {
+    Ok(if clean {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

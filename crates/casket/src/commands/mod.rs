@@ -23,15 +23,17 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, anyhow};
 use casket_model::{Digest, RefName};
-use casket_store::{BlobStore, DiskOptions, DiskRefs, DiskStore, RefStore};
+use casket_store::{BlobStore, BlockOptions, BlockStore, DiskOptions, DiskRefs, DiskStore, RefStore};
 
 use crate::{Command, Global};
 
 /// What every command works on: the local store and its refs.
 pub struct Context {
-    /// The disk store.
+    /// The disk store (of a block store, the one holding its large blobs, records and refs).
     pub disk: DiskStore,
-    /// The same store as a trait object.
+    /// The block store, when the store is one (a server's store, `kind = "blocks"`).
+    pub block: Option<BlockStore>,
+    /// The store as a trait object.
     pub blobs: Arc<dyn BlobStore>,
     /// Its refs.
     pub refs: DiskRefs,
@@ -45,6 +47,24 @@ impl Context {
             Some(root) => root.clone(),
             None => default_store()?,
         };
+        let context = || format!("cannot open the store at {}", root.display());
+        if BlockStore::exists_at(&root) {
+            let block = BlockStore::open(
+                &root,
+                BlockOptions {
+                    fsync: global.fsync,
+                    ..BlockOptions::default()
+                },
+            )
+            .with_context(context)?;
+            return Ok(Context {
+                disk: block.disk().clone(),
+                refs: DiskRefs::new(block.disk()),
+                blobs: Arc::new(block.clone()),
+                block: Some(block),
+                quiet: global.quiet,
+            });
+        }
         let disk = DiskStore::open(
             &root,
             DiskOptions {
@@ -52,10 +72,11 @@ impl Context {
                 ..DiskOptions::default()
             },
         )
-        .with_context(|| format!("cannot open the store at {}", root.display()))?;
+        .with_context(context)?;
         Ok(Context {
             refs: DiskRefs::new(&disk),
             blobs: Arc::new(disk.clone()),
+            block: None,
             disk,
             quiet: global.quiet,
         })

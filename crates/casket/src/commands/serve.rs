@@ -123,7 +123,7 @@ impl Settings {
             None => None,
         };
         let store = match (global.store.clone(), config.store) {
-            (Some(path), _) => StoreConfig::Disk { path, quota: None },
+            (Some(path), _) => StoreConfig::at(path),
             (None, Some(store)) => store,
             (None, None) => StoreConfig::Disk {
                 path: super::default_store()?,
@@ -162,16 +162,7 @@ impl Settings {
             instances: config
                 .instances
                 .into_iter()
-                .map(|(name, instance)| {
-                    let store = match instance.store {
-                        StoreConfig::Disk { path, quota } => StoreConfig::Disk {
-                            path,
-                            quota: quota.or(instance.quota),
-                        },
-                        other => other,
-                    };
-                    (name, store)
-                })
+                .map(|(name, instance)| (name, instance.store.with_default_quota(instance.quota)))
                 .collect(),
         })
     }
