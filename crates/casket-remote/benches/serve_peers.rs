@@ -1,11 +1,13 @@
-//! `serve_peers`: `casket serve` and BuildStream 1.6.8's artifact server side by side, in one
-//! run, driven over loopback by the same tonic clients.
+//! `serve_peers`: `casket serve` on its block store and on its file store, and BuildStream
+//! 1.6.8's artifact server, side by side in one run, driven over loopback by the same tonic
+//! clients.
 //!
 //! ```text
 //! cargo bench -p casket-remote --bench serve_peers -- [--quick] [--out docs/benchmarks.md]
 //! ```
 //!
-//! Workloads, each against casket, then BuildStream (small blobs are 4 KiB, all distinct):
+//! Workloads, each against casket's block store, casket's file store, then BuildStream (small
+//! blobs are 4 KiB, all distinct); ratios are the block store's figure over each other's:
 //!
 //! 1. FindMissingBlobs of 10,000 digests, all present and all missing: digests/s, requests/s.
 //! 2. BatchReadBlobs of 256 stored blobs per call (1 MiB, BuildStream's batch limit): blobs/s.
@@ -14,24 +16,27 @@
 //! 4. ByteStream Write, then Read, of one 1 GiB blob in 1 MiB chunks (both servers take them):
 //!    MiB/s. The blob is a 1 MiB pseudo-random pattern stamped with the chunk number, so nothing
 //!    holds it whole: a first pass hashes it, the timed pass generates it again.
-//! 5. 16 clients, each on its own connection, for 10 s: 35% BatchReadBlobs of 16 stored blobs,
+//! 5. Bazel's pattern: one ByteStream Write per new 4 KiB blob, 16 in flight on one
+//!    connection, 10,000 blobs: blobs/s.
+//! 6. 16 clients, each on its own connection, for 10 s: 35% BatchReadBlobs of 16 stored blobs,
 //!    35% ByteStream Read of one, 20% BatchUpdateBlobs of 16 new blobs, 10% ByteStream Write of
 //!    one: operations/s.
-//! 6. casket only: its peak RSS (`VmHWM`, reset through `/proc/PID/clear_refs` first) while a
+//! 7. casket only: its peak RSS (`VmHWM`, reset through `/proc/PID/clear_refs` first) while a
 //!    4 GiB blob streams in and out through ByteStream; target < 200 MiB.
 //!
 //! Serial workloads (1 to 4) count only the time spent waiting on the server: a request is
 //! built and hashed before its clock starts, and timed loops of 1 and 2 begin with an untimed
 //! call. Workload 5 is wall time, request building included. Client and servers share the
 //! machine (a faster client leaves the server more CPU), so compare the ratios of one run, not
-//! raw figures between runs. Small-blob writes are bound by inode allocation, which ext4 slows
+//! raw figures between runs. The servers' stores are temporary directories under `$TMPDIR`:
+//! run it with `TMPDIR=/dev/shm` for tmpfs. Small-blob writes are bound by inode allocation, which ext4 slows
 //! for minutes after a mass deletion; the bench deletes its stores (tens of thousands of files)
 //! when it ends, so let the file system settle between runs.
 //!
 //! The casket server is `$CASKET_BIN`, or else `target/release/casket`, which the bench first
 //! builds with `cargo build --release -p casket`. It runs
-//! `serve --allow-push --listen 127.0.0.1:0` on a fresh temporary store and prints its address
-//! on stderr. BuildStream's server is `peers/bst1/serve.sh 0 DIR` under `$CASKET_SHARED`
+//! `serve --listen 127.0.0.1:0 --config FILE` with a fresh temporary store of each kind
+//! (`[store] kind = "blocks"` or `"disk"`) and prints its address on stderr. BuildStream's server is `peers/bst1/serve.sh 0 DIR` under `$CASKET_SHARED`
 //! (default: `shared/` beside the workspace), whose `listening on` line gives the port it got.
 //! Both are killed when the bench ends, also on failure, and their temporary directories
 //! removed.
@@ -69,6 +74,9 @@ const BEGIN: &str = "<!-- serve-peers:begin -->";
 const END: &str = "<!-- serve-peers:end -->";
 /// The heading put before the markers when the file has none.
 const HEADING: &str = "## Server (gRPC over loopback)";
+const TMPFS_BEGIN: &str = "<!-- serve-peers-tmpfs:begin -->";
+const TMPFS_END: &str = "<!-- serve-peers-tmpfs:end -->";
+const TMPFS_HEADING: &str = "## Server (gRPC over loopback), stores on tmpfs";
 
 const MIB: u64 = 1 << 20;
 const SMALL_BLOB: usize = 4096;
@@ -91,6 +99,10 @@ const STARTUP: Duration = Duration::from_secs(60);
 /// the other sets apart.
 const MISSING_IDS: u64 = 1 << 50;
 const MIXED_IDS: u64 = 1 << 40;
+const BAZEL_IDS: u64 = 1 << 45;
+/// ByteStream Writes in flight in Bazel's pattern (its default `--remote_max_connections`
+/// spread over one channel).
+const BAZEL_IN_FLIGHT: usize = 16;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -105,16 +117,21 @@ async fn main() -> ExitCode {
 
 async fn run() -> Result<()> {
     let options = Options::parse(std::env::args().skip(1))?;
-    let casket = start_casket(&casket_binary()?)?;
+    let binary = casket_binary()?;
+    let casket = start_casket(&binary, "blocks")?;
+    let files = start_casket(&binary, "disk")?;
     let bst1 = start_bst1(&shared_dir().join("peers/bst1/serve.sh"))?;
     let load_before = load_average();
     let bench = Bench {
-        servers: [&casket, &bst1],
+        servers: [&casket, &files, &bst1],
         sizes: Sizes::new(options.quick),
         started: Instant::now(),
     };
     let mut rows = small_blob_rows(&bench).await?;
     rows.extend(large_blob_rows(&bench).await?);
+    let what = format!("Bazel's pattern: one ByteStream Write per 4 KiB blob, {BAZEL_IN_FLIGHT} in flight");
+    let measures = bench.all(&what, |a| bazel_writes(a, &bench.sizes)).await?;
+    rows.push(Row::compare(&what, measures, 5.0));
     rows.push(mixed_row(&bench).await?);
     bench.note(&format!("casket peak RSS over {} MiB", bench.sizes.huge / MIB));
     rows.push(peak_rss_row(&casket, bench.sizes.huge).await?);
@@ -132,8 +149,8 @@ async fn run() -> Result<()> {
 async fn small_blob_rows(bench: &Bench<'_>) -> Result<Vec<Row>> {
     let sizes = &bench.sizes;
     let what = "BatchUpdateBlobs, 256 x 4 KiB per call";
-    let [ours, theirs] = bench.both(what, |a| batch_update(a, sizes)).await?;
-    let update = Row::compare(what, ours, theirs, 20.0);
+    let measures = bench.all(what, |a| batch_update(a, sizes)).await?;
+    let update = Row::compare(what, measures, 10.0);
     let mut rows = Vec::new();
     for missing in [false, true] {
         let which = if missing { "all missing" } else { "all present" };
@@ -141,12 +158,12 @@ async fn small_blob_rows(bench: &Bench<'_>) -> Result<Vec<Row>> {
             "FindMissingBlobs, {} digests, {which}",
             group(sizes.present as f64)
         );
-        let [ours, theirs] = bench.both(&what, |a| find_missing(a, sizes, missing)).await?;
-        rows.push(Row::compare(&what, ours, theirs, 20.0));
+        let measures = bench.all(&what, |a| find_missing(a, sizes, missing)).await?;
+        rows.push(Row::compare(&what, measures, 20.0));
     }
     let what = "BatchReadBlobs, 256 x 4 KiB per call";
-    let [ours, theirs] = bench.both(what, |a| batch_read(a, sizes)).await?;
-    rows.push(Row::compare(what, ours, theirs, 20.0));
+    let measures = bench.all(what, |a| batch_read(a, sizes)).await?;
+    rows.push(Row::compare(what, measures, 20.0));
     rows.push(update);
     Ok(rows)
 }
@@ -158,23 +175,24 @@ async fn large_blob_rows(bench: &Bench<'_>) -> Result<Vec<Row>> {
     let pattern = Pattern::new(size, 1);
     let digest = pattern.digest();
     let what = format!("ByteStream Write, {} MiB blob", size / MIB);
-    let [ours, theirs] = bench.both(&what, |a| write_large(a, &pattern, &digest)).await?;
-    let write = Row::compare(&what, ours, theirs, 5.0);
+    let measures = bench.all(&what, |a| write_large(a, &pattern, &digest)).await?;
+    let write = Row::compare(&what, measures, 5.0);
     let what = format!("ByteStream Read, {} MiB blob", size / MIB);
-    let [ours, theirs] = bench.both(&what, |a| read_large(a, &digest)).await?;
-    Ok(vec![write, Row::compare(&what, ours, theirs, 5.0)])
+    let measures = bench.all(&what, |a| read_large(a, &digest)).await?;
+    Ok(vec![write, Row::compare(&what, measures, 5.0)])
 }
 
 /// Workload 5.
 async fn mixed_row(bench: &Bench<'_>) -> Result<Row> {
     let what = format!("{CLIENTS} clients, mixed small reads (70%) and writes (30%)");
-    let [ours, theirs] = bench.both(&what, |a| mixed(a, &bench.sizes)).await?;
-    Ok(Row::compare(&what, ours, theirs, 20.0))
+    let measures = bench.all(&what, |a| mixed(a, &bench.sizes)).await?;
+    Ok(Row::compare(&what, measures, 20.0))
 }
 
-/// The two servers and the sizes every workload runs with.
+/// The servers (casket on blocks, casket on files, BuildStream) and the sizes every workload
+/// runs with.
 struct Bench<'a> {
-    servers: [&'a Server; 2],
+    servers: [&'a Server; 3],
     sizes: Sizes,
     started: Instant,
 }
@@ -188,23 +206,23 @@ impl Bench<'_> {
         );
     }
 
-    /// Runs `workload` against casket, then against bst1.
-    async fn both<F, Fut>(&self, what: &str, mut workload: F) -> Result<[Measure; 2]>
+    /// Runs `workload` against each server in turn.
+    async fn all<F, Fut>(&self, what: &str, mut workload: F) -> Result<[Measure; 3]>
     where
         F: FnMut(SocketAddr) -> Fut,
         Fut: Future<Output = Result<Measure>>,
     {
         let mut measures = Vec::new();
-        for (server, name) in self.servers.iter().zip(["casket", "bst1"]) {
+        for (server, name) in self.servers.iter().zip(SERVERS) {
             self.note(&format!("{what}: {name}"));
             let measure = workload(server.address).await?;
             self.note(&format!("{what}: {name}: {}", cell(&measure)));
             measures.push(measure);
         }
-        let [ours, theirs] = measures[..] else {
-            unreachable!("two servers")
+        let [blocks, files, bst1] = measures[..] else {
+            unreachable!("three servers")
         };
-        Ok([ours, theirs])
+        Ok([blocks, files, bst1])
     }
 }
 
@@ -344,13 +362,18 @@ impl Drop for Server {
     }
 }
 
-fn start_casket(binary: &Path) -> Result<Server> {
-    let dir = temp_dir("casket-serve-peers-casket")?;
+/// `casket serve` on a fresh store of `kind` (`blocks` or `disk`).
+fn start_casket(binary: &Path, kind: &str) -> Result<Server> {
+    let dir = temp_dir(&format!("casket-serve-peers-{kind}"))?;
+    let config = dir.path().join("casket.toml");
+    std::fs::write(
+        &config,
+        format!("anonymous = \"write\"\n[store]\nkind = \"{kind}\"\npath = \"store\"\n"),
+    )?;
     let mut command = Command::new(binary);
     command
-        .arg("--store")
-        .arg(dir.path().join("store"))
-        .args(["serve", "--allow-push", "--listen", "127.0.0.1:0"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
         .env_remove("CASKET_LOG");
     // `casket: serving STORE on ADDRESS (read-write)`
     spawn_server(command, dir, |line| {
@@ -797,6 +820,25 @@ async fn read_large(address: SocketAddr, digest: &reapi::Digest) -> Result<Measu
 }
 
 /// Workload 5: [`CLIENTS`] connections doing mixed small-blob operations for `sizes.mixed`.
+/// Workload 5: Bazel's uploads, one ByteStream Write per blob, [`BAZEL_IN_FLIGHT`] at a time.
+async fn bazel_writes(address: SocketAddr, sizes: &Sizes) -> Result<Measure> {
+    let client = bytestream(connect(address).await?);
+    let blobs = sizes.present;
+    let started = Instant::now();
+    let written: Vec<u64> = futures::stream::iter(0..blobs)
+        .map(|id| {
+            let mut client = client.clone();
+            async move { write_small(&mut client, BAZEL_IDS + id).await }
+        })
+        .buffer_unordered(BAZEL_IN_FLIGHT)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_>>()?;
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(Measure::rate(written.len() as f64, seconds, "blobs/s"))
+}
+
 async fn mixed(address: SocketAddr, sizes: &Sizes) -> Result<Measure> {
     let mut channels = Vec::new();
     for _ in 0..CLIENTS {
@@ -918,6 +960,7 @@ async fn peak_rss_row(casket: &Server, size: u64) -> Result<Row> {
             unit: "MiB",
             second,
         },
+        files: None,
         bst1: None,
         target: Target::BelowMib(200.0),
     })
@@ -946,18 +989,25 @@ enum Target {
     BelowMib(f64),
 }
 
+/// The servers, in [`Bench::all`]'s order.
+const SERVERS: [&str; 3] = ["casket blocks", "casket files", "bst1"];
+
 struct Row {
     what: String,
     casket: Measure,
+    files: Option<Measure>,
     bst1: Option<Measure>,
     target: Target,
 }
 
 impl Row {
-    fn compare(what: &str, casket: Measure, bst1: Measure, ratio: f64) -> Self {
+    /// The block store's figure against the file store's and BuildStream's; `ratio` is the
+    /// target against BuildStream.
+    fn compare(what: &str, [casket, files, bst1]: [Measure; 3], ratio: f64) -> Self {
         Row {
             what: what.to_owned(),
             casket,
+            files: Some(files),
             bst1: Some(bst1),
             target: Target::Ratio(ratio),
         }
@@ -965,6 +1015,10 @@ impl Row {
 
     fn ratio(&self) -> Option<f64> {
         self.bst1.map(|b| self.casket.value / b.value)
+    }
+
+    fn ratio_to_files(&self) -> Option<f64> {
+        self.files.map(|f| self.casket.value / f.value)
     }
 
     fn met(&self) -> bool {
@@ -979,13 +1033,15 @@ impl Row {
             Target::Ratio(r) => format!(">= {r}x"),
             Target::BelowMib(mib) => format!("< {mib} MiB"),
         };
+        let ratio = |r: Option<f64>| r.map_or_else(|| "-".to_owned(), |r| format!("{r:.1}x"));
         format!(
-            "| {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
             self.what,
             cell(&self.casket),
+            self.files.as_ref().map_or_else(|| "-".to_owned(), cell),
             self.bst1.as_ref().map_or_else(|| "-".to_owned(), cell),
-            self.ratio()
-                .map_or_else(|| "-".to_owned(), |r| format!("{r:.1}x")),
+            ratio(self.ratio()),
+            ratio(self.ratio_to_files()),
             target,
             if self.met() { "yes" } else { "**no**" },
         )
@@ -1023,15 +1079,17 @@ fn render(rows: &[Row], options: &Options, load_before: String) -> String {
     let command = options.command();
     let mut out = format!(
         "Measured with `{command}` on {} ({} cores; load average {load_before} before, {} after), \
-         one run. Both servers on loopback, driven by the same tonic client in the bench \
-         process; serial workloads count only time waiting on the server, the concurrent one \
-         wall time. Ratio = casket / BuildStream 1.6.8 (`serve.sh`).\n\n",
+         one run, stores in {}. Every server on loopback, driven by the same tonic client in \
+         the bench process; serial workloads count only time waiting on the server, the \
+         concurrent ones wall time. Ratios: casket on its block store / BuildStream 1.6.8 \
+         (`serve.sh`), and / casket on its file store.\n\n",
         machine(),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         load_average(),
+        std::env::temp_dir().display(),
     );
-    out.push_str("| workload | casket | bst1 | ratio | target | met? |\n");
-    out.push_str("|---|---|---|---|---|---|\n");
+    out.push_str("| workload | casket blocks | casket files | bst1 | vs bst1 | vs files | target | met? |\n");
+    out.push_str("|---|---|---|---|---|---|---|---|\n");
     for row in rows {
         out.push_str(&row.markdown());
     }
@@ -1051,15 +1109,21 @@ fn load_average() -> String {
         .unwrap_or_else(|| "?".to_owned())
 }
 
-/// Replaces the section between the markers in `path`, or appends it under [`HEADING`].
+/// Replaces the section between the markers in `path`, or appends it under [`HEADING`]. A run
+/// with its stores on tmpfs (`TMPDIR=/dev/shm`) has markers and a heading of its own.
 fn write_section(path: &Path, table: &str) -> Result<()> {
+    let tmpfs = std::env::temp_dir().starts_with("/dev/shm");
+    let (begin, end, heading) = match tmpfs {
+        true => (TMPFS_BEGIN, TMPFS_END, TMPFS_HEADING),
+        false => (BEGIN, END, HEADING),
+    };
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    let section = format!("{BEGIN}\n{table}{END}");
-    let text = match (text.find(BEGIN), text.find(END)) {
-        (Some(begin), Some(end)) if begin < end => {
-            format!("{}{section}{}", &text[..begin], &text[end + END.len()..])
+    let section = format!("{begin}\n{table}{end}");
+    let text = match (text.find(begin), text.find(end)) {
+        (Some(at), Some(until)) if at < until => {
+            format!("{}{section}{}", &text[..at], &text[until + end.len()..])
         }
-        _ => format!("{text}\n{HEADING}\n\n{section}\n"),
+        _ => format!("{text}\n{heading}\n\n{section}\n"),
     };
     std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()).into())
 }

@@ -30,7 +30,8 @@ pub struct RemoteOptions {
     pub token: Option<String>,
     /// TLS settings (used with `grpcs://` and `https://`).
     pub tls: ClientTls,
-    /// Requests in flight at once.
+    /// The most requests in flight at once; the client finds how many the server takes well
+    /// up to this, starting from one.
     pub concurrency: usize,
     /// Our own cap on a batch, below the server's.
     pub max_batch_bytes: u64,

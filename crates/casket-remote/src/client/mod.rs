@@ -6,11 +6,13 @@
 //! * [`transfer`]: whole trees pushed and pulled with batching, pipelining and verification.
 //! * `refs`: named trees over BuildStream's ReferenceStorage or the Remote Asset API.
 //!
-//! Every RPC goes through `RemoteCas::call`: at most `concurrency` requests in flight,
+//! Every RPC goes through `RemoteCas::call`: as many requests in flight as the server takes
+//! well (`adaptive`: found by climbing the measured throughput, at most `concurrency`),
 //! retried with jittered exponential backoff on UNAVAILABLE, DEADLINE_EXCEEDED and
 //! RESOURCE_EXHAUSTED, and counted by method in [`Stats`]. Failures read as
 //! `RESOURCE_EXHAUSTED: message` in every error the client returns.
 
+mod adaptive;
 mod backoff;
 mod connect;
 mod errors;
@@ -23,7 +25,6 @@ pub mod transfer;
 use std::sync::Arc;
 
 use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
-use tokio::sync::Semaphore;
 use tonic::{Code, Status};
 
 pub use connect::{
@@ -59,7 +60,7 @@ pub struct RemoteCas {
     instance: String,
     limits: Limits,
     options: Arc<RemoteOptions>,
-    in_flight: Arc<Semaphore>,
+    in_flight: Arc<adaptive::Adaptive>,
     stats: Arc<Stats>,
 }
 
@@ -86,7 +87,7 @@ impl RemoteCas {
                 batch_read: true,
                 zstd: false,
             },
-            in_flight: Arc::new(Semaphore::new(options.concurrency.max(1))),
+            in_flight: Arc::new(adaptive::Adaptive::new(options.concurrency)),
             options: Arc::new(options),
             stats: Arc::default(),
         };
@@ -168,6 +169,11 @@ impl RemoteCas {
         (self.options.compression && self.limits.zstd).then_some(crate::resource_name::Compressor::Zstd)
     }
 
+    /// How many requests the client keeps in flight now, and the most it had.
+    pub fn in_flight_limit(&self) -> (usize, usize) {
+        (self.in_flight.limit(), self.in_flight.peak())
+    }
+
     /// The instance name every request carries.
     pub fn instance(&self) -> &str {
         &self.instance
@@ -189,13 +195,13 @@ impl RemoteCas {
         let mut attempt = 0;
         loop {
             let answer = {
-                let _slot = self
-                    .in_flight
-                    .acquire()
-                    .await
-                    .map_err(|_| Status::cancelled("client closed"))?;
+                let slot = self.in_flight.acquire().await;
                 self.stats.rpc(method);
-                rpc(self.transport.clone()).await
+                let answer = rpc(self.transport.clone()).await;
+                if answer.as_ref().is_err_and(retryable) {
+                    slot.overloaded();
+                }
+                answer
             };
             match answer {
                 Err(status) if retryable(&status) && attempt < self.options.retries => {

@@ -38,7 +38,8 @@ pub struct RemoteArgs {
     /// The client certificate's key (PEM).
     #[arg(long, requires = "tls_cert", value_name = "FILE")]
     tls_key: Option<PathBuf>,
-    /// Requests in flight at once.
+    /// The most requests in flight at once: the client starts with one and finds how many the
+    /// server takes well, up to this (1 sends them one at a time).
     #[arg(long, default_value_t = 16)]
     jobs: usize,
     /// Our own cap on a batch request, below the server's limit.
@@ -190,6 +191,7 @@ fn summarize(
     as_json: bool,
 ) -> anyhow::Result<ExitCode> {
     let rpcs = remote.stats().rpcs();
+    let (limit, peak) = remote.in_flight_limit();
     if as_json {
         return print_json(&json!({
             "root": root.to_string(),
@@ -201,6 +203,7 @@ fn summarize(
             "seconds": report.seconds,
             "rpcs": rpcs,
             "retries": remote.stats().retries(),
+            "in_flight": { "limit": limit, "peak": peak },
         }));
     }
     let rate = report.transferred_bytes as f64 / report.seconds.max(1e-9);

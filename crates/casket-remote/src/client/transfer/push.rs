@@ -138,17 +138,17 @@ async fn upload_stream(
             Some(_) => compressed_write_requests(name.clone(), chunks),
             None => write_requests(name.clone(), offset, digest.size(), chunks),
         };
-        let _slot = remote
-            .in_flight
-            .acquire()
-            .await
-            .map_err(|_| failed("ByteStream.Write")(Status::cancelled("closed")))?;
+        let slot = remote.in_flight.acquire().await;
         remote.stats.rpc("ByteStream.Write");
         let answer = byte_stream_client::ByteStreamClient::new(remote.transport.clone())
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
             .write(requests)
             .await;
-        drop(_slot);
+        if answer.as_ref().is_err_and(retryable) {
+            slot.overloaded();
+        } else {
+            drop(slot);
+        }
         match answer {
             Ok(response) => {
                 let committed = response.into_inner().committed_size;
