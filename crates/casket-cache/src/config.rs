@@ -121,6 +121,23 @@ impl S3Config {
 }
 
 impl StoreConfig {
+    /// A server's store at `path`: the store already there (a block store or a disk store), or
+    /// a new block store where there is none. The block store is the server's default: it
+    /// serves every small-blob workload faster than the disk store and large blobs the same
+    /// (docs/benchmarks.md), and a server needs no hard-link checkouts.
+    pub fn for_server(path: PathBuf) -> StoreConfig {
+        if DiskStore::exists_at(&path) && !BlockStore::exists_at(&path) {
+            StoreConfig::Disk { path, quota: None }
+        } else {
+            StoreConfig::Blocks {
+                path,
+                quota: None,
+                small_blob_limit: None,
+                block_size: None,
+            }
+        }
+    }
+
     /// The store already at `path`: a block store where one is, else a disk store.
     pub fn at(path: PathBuf) -> StoreConfig {
         if BlockStore::exists_at(&path) {

@@ -115,7 +115,7 @@ pub struct TlsConfig {
 
 fn store<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<StoreConfig>, D::Error> {
     match toml::Value::deserialize(d)? {
-        toml::Value::String(path) => Ok(Some(StoreConfig::at(PathBuf::from(path)))),
+        toml::Value::String(path) => Ok(Some(StoreConfig::for_server(PathBuf::from(path)))),
         table => StoreConfig::deserialize(table)
             .map(Some)
             .map_err(serde::de::Error::custom),

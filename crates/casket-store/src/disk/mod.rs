@@ -114,6 +114,11 @@ pub struct DiskStore {
 }
 
 impl DiskStore {
+    /// True if `root` holds a store: a casket store (its marker) or a buildbox-casd cache.
+    pub fn exists_at(root: &Path) -> bool {
+        root.join(MARKER_FILE).exists() || root.join(CASD_OBJECTS).is_dir()
+    }
+
     /// Opens the store at `root`, creating it if needed: a casket store where the marker is,
     /// a buildbox-casd cache where `cas/objects` is (taken over as it is), else a new store of
     /// `options.layout`.

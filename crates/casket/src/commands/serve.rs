@@ -123,12 +123,9 @@ impl Settings {
             None => None,
         };
         let store = match (global.store.clone(), config.store) {
-            (Some(path), _) => StoreConfig::at(path),
+            (Some(path), _) => StoreConfig::for_server(path),
             (None, Some(store)) => store,
-            (None, None) => StoreConfig::Disk {
-                path: super::default_store()?,
-                quota: None,
-            },
+            (None, None) => StoreConfig::for_server(super::default_store()?),
         };
         Ok(Settings {
             listen: args
