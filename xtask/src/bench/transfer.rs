@@ -136,6 +136,7 @@ struct Runs {
     casket: (Vec<f64>, Vec<f64>),
     bst1: (Vec<f64>, Vec<f64>),
     bst1_to_casket: (Vec<f64>, Vec<f64>),
+    casket_to_bst1: (Vec<f64>, Vec<f64>),
 }
 
 fn push_to(runs: &mut (Vec<f64>, Vec<f64>), (push, pull): (f64, f64)) {
@@ -200,6 +201,12 @@ pub(crate) fn run(options: &Options, casket: &Path) -> anyhow::Result<()> {
                     &mut runs.bst1_to_casket,
                     bst1_roundtrip(&client, &server.url, &tree, &dir.join("bst1-to-casket"))?,
                 );
+                drop(server);
+                let server = bst1_server(&options.shared, &dir.join("bst1-server-for-casket"))?;
+                push_to(
+                    &mut runs.casket_to_bst1,
+                    casket_roundtrip(casket, &server.url, &tree, &dir.join("casket-to-bst1"))?,
+                );
             }
         }
         let (push_target, pull_target) = match name.as_str() {
@@ -237,6 +244,24 @@ pub(crate) fn run(options: &Options, casket: &Path) -> anyhow::Result<()> {
                 same_client,
                 &runs.bst1.1,
                 "<= 1.0 s (10k files)",
+            ));
+        }
+        if !runs.casket_to_bst1.0.is_empty() {
+            // The client's own limit on requests in flight must find what this server takes.
+            let own_client = "BuildStream 1.6.8's own client -> its server";
+            rows.push(Row::new(
+                &format!("push {name} (casket -> BuildStream 1.6.8 server)"),
+                &runs.casket_to_bst1.0,
+                own_client,
+                &runs.bst1.0,
+                ">= 1x",
+            ));
+            rows.push(Row::new(
+                &format!("pull {name} (casket <- BuildStream 1.6.8 server)"),
+                &runs.casket_to_bst1.1,
+                own_client,
+                &runs.bst1.1,
+                ">= 1x",
             ));
         }
         let mb_per_s = |v: &[f64]| *bytes as f64 / median(v) / 1e6;

@@ -1,35 +1,36 @@
 //! How many requests the client keeps in flight: found by climbing the measured throughput,
 //! not fixed. A fast server (casket) takes many requests at once; a Python server (BuildStream
 //! 1's) slows down under concurrency, and a fixed 16 in flight made a push 2.6× slower there
-//! than one at a time. The limit starts at one.
+//! than one at a time.
 //!
-//! The limit starts at [`START`] and moves once per round: as many completions, of requests
-//! sent since the round began, as the limit. A round's throughput is estimated by Little's law
-//! from those requests alone, as their mean concurrency over their mean latency, so requests
-//! sent under an earlier limit, and the time a new limit takes to fill, do not blur it.
-//! * the round's throughput beat the best seen by [`GAIN`]: remember this limit as the best
-//!   and raise it, doubling while that keeps paying (slow start), then by one;
-//! * it fell below the best by [`LOSS`]: halve the limit (at least one) and stop doubling;
-//! * otherwise go back to the best limit: more in flight did not help;
-//! * a request that failed as overload (UNAVAILABLE, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED) halves
-//!   the limit at once.
-//!
-//! The best throughput decays a little every round, so every few rounds the limit probes one
-//! higher again, and follows a server that speeds up.
+//! Once per round (at least [`MIN_ROUND`] completions, and half as many as the limit, of requests
+//! sent since the round began) the round's throughput is estimated by Little's law from those
+//! requests alone: their mean bytes in flight over their mean latency (a request weighs what it
+//! carries: a FindMissingBlobs of 10,000 digests costs a server as much as a batch of blobs). So
+//! requests sent under an earlier limit, the time a new limit takes to fill, and a mix of small
+//! and large requests do not blur it.
+//! * **Survey.** The first rounds run at the most allowed, then half, and so on down to one;
+//!   the best of them becomes the limit. Servers are not monotonic (BuildStream 1's is fastest
+//!   one at a time, slowest at four), so every level is tried, and from the top, so that a
+//!   transfer of a few requests runs them all at once.
+//! * **Climb.** A round that beats the best throughput by [`GAIN`] makes its limit the best and
+//!   moves one further the same way; a probe that does not pay goes back to the best limit and
+//!   turns the other way. The best throughput decays a little every round ([`DECAY`]), so every
+//!   few rounds a probe follows a server whose speed changed.
+//! * A request that failed as overload (UNAVAILABLE, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED)
+//!   halves the limit at once.
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use tokio::time::Instant;
 
 use tokio::sync::Notify;
 
-/// Requests in flight before anything is measured.
-pub(crate) const START: usize = 1;
-/// A round must beat the best throughput by this factor to raise the limit.
+/// The fewest completions a round measures.
+const MIN_ROUND: usize = 4;
+/// A round must beat the best throughput by this factor to move the best limit.
 const GAIN: f64 = 1.10;
-/// A round below the best by this factor halves the limit.
-const LOSS: f64 = 0.80;
 /// How much the best throughput decays each round.
-const DECAY: f64 = 0.98;
+const DECAY: f64 = 0.99;
 
 /// The adaptive limit on requests in flight. See the module documentation.
 #[derive(Debug)]
@@ -43,16 +44,20 @@ pub(crate) struct Adaptive {
 struct State {
     limit: usize,
     in_flight: usize,
-    slow_start: bool,
-    /// The best throughput seen (completions per second), and the limit it was seen at.
+    /// Still trying every level from the top.
+    surveying: bool,
+    /// Which way the next probe goes.
+    upwards: bool,
+    /// The best throughput seen (bytes per second), and the limit it was seen at.
     best: f64,
     best_limit: usize,
     round_started: Instant,
-    /// Requests of this round completed, the sum of their latencies (seconds) and of the
-    /// requests in flight when each was sent.
+    /// Requests of this round completed, the sums of their latencies (seconds), of the requests
+    /// in flight when each was sent, and of their bytes.
     round_done: usize,
     round_latency: f64,
     round_concurrency: usize,
+    round_bytes: u64,
     /// The highest limit reached, for reports.
     peak: usize,
 }
@@ -63,6 +68,7 @@ pub(crate) struct Slot<'a> {
     sent: Instant,
     /// Requests in flight when it was sent, itself included.
     concurrency: usize,
+    bytes: u64,
     overloaded: bool,
 }
 
@@ -86,16 +92,18 @@ impl Adaptive {
         Adaptive {
             max,
             state: Mutex::new(State {
-                limit: START.min(max),
+                limit: max,
                 in_flight: 0,
-                slow_start: true,
+                surveying: true,
+                upwards: false,
                 best: 0.0,
-                best_limit: START.min(max),
+                best_limit: max,
                 round_started: Instant::now(),
                 round_done: 0,
                 round_latency: 0.0,
                 round_concurrency: 0,
-                peak: START.min(max),
+                round_bytes: 0,
+                peak: max,
             }),
             freed: Notify::new(),
         }
@@ -111,8 +119,8 @@ impl Adaptive {
         self.lock().peak
     }
 
-    /// Waits for a place among the requests in flight.
-    pub(crate) async fn acquire(&self) -> Slot<'_> {
+    /// Waits for a place among the requests in flight, for a request moving about `bytes`.
+    pub(crate) async fn acquire(&self, bytes: u64) -> Slot<'_> {
         loop {
             let freed = self.freed.notified();
             tokio::pin!(freed);
@@ -125,6 +133,7 @@ impl Adaptive {
                         limiter: self,
                         sent: Instant::now(),
                         concurrency: state.in_flight,
+                        bytes: bytes.max(1),
                         overloaded: false,
                     };
                 }
@@ -138,15 +147,22 @@ impl Adaptive {
         state.in_flight -= 1;
         if slot.overloaded {
             state.limit = (state.limit / 2).max(1);
-            state.slow_start = false;
+            state.surveying = false;
+            state.best_limit = state.limit;
             state.start_round();
         } else if slot.sent >= state.round_started {
             state.round_done += 1;
             state.round_latency += slot.sent.elapsed().as_secs_f64();
             state.round_concurrency += slot.concurrency;
-            if state.round_done >= state.limit {
-                let rate = state.round_concurrency as f64 / state.round_latency.max(1e-9);
+            state.round_bytes += slot.bytes;
+            if state.round_done >= (state.limit / 2).max(MIN_ROUND) {
+                // Little's law: mean bytes in flight over mean latency.
+                let mean_bytes = state.round_bytes as f64 / state.round_done as f64;
+                let rate = mean_bytes * state.round_concurrency as f64 / state.round_latency.max(1e-9);
+                let limit = state.limit;
                 state.adjust(rate, self.max);
+                state.peak = state.peak.max(state.limit);
+                tracing::debug!(limit, rate, next = state.limit, "requests in flight");
                 state.start_round();
             }
         }
@@ -166,28 +182,34 @@ impl State {
         self.round_done = 0;
         self.round_latency = 0.0;
         self.round_concurrency = 0;
+        self.round_bytes = 0;
     }
 
     /// One round's throughput moves the limit.
     fn adjust(&mut self, rate: f64, max: usize) {
-        if rate >= self.best * GAIN {
+        if self.surveying {
+            if rate > self.best {
+                self.best = rate;
+                self.best_limit = self.limit;
+            }
+            if self.limit > 1 {
+                self.limit /= 2;
+                return;
+            }
+            self.surveying = false;
+            self.limit = self.best_limit;
+        } else if rate >= self.best * GAIN {
             self.best = rate;
             self.best_limit = self.limit;
-            self.limit = if self.slow_start {
-                self.limit * 2
-            } else {
-                self.limit + 1
-            }
-            .min(max);
-        } else if rate < self.best * LOSS {
-            self.limit = (self.limit / 2).max(1);
-            self.slow_start = false;
-        } else {
+            self.limit = match self.upwards {
+                true => (self.limit + 1).min(max),
+                false => self.limit.saturating_sub(1).max(1),
+            };
+        } else if self.limit != self.best_limit {
             self.limit = self.best_limit;
-            self.slow_start = false;
+            self.upwards = !self.upwards;
         }
         self.best *= DECAY;
-        self.peak = self.peak.max(self.limit);
     }
 }
 
@@ -208,7 +230,7 @@ mod tests {
             .map(|_| {
                 let (limiter, busy) = (limiter.clone(), busy.clone());
                 tokio::spawn(async move {
-                    let _slot = limiter.acquire().await;
+                    let _slot = limiter.acquire(1).await;
                     let now = busy.fetch_add(1, Ordering::SeqCst) + 1;
                     tokio::time::sleep(service(now)).await;
                     busy.fetch_sub(1, Ordering::SeqCst);
@@ -253,9 +275,8 @@ mod tests {
 
     #[tokio::test]
     async fn overload_halves_the_limit() {
-        let limiter = Adaptive::new(16);
-        limiter.lock().limit = 8;
-        limiter.acquire().await.overloaded();
+        let limiter = Adaptive::new(8);
+        limiter.acquire(1).await.overloaded();
         assert_eq!(limiter.limit(), 4);
     }
 }

@@ -31,7 +31,7 @@ pub struct RemoteOptions {
     /// TLS settings (used with `grpcs://` and `https://`).
     pub tls: ClientTls,
     /// The most requests in flight at once; the client finds how many the server takes well
-    /// up to this, starting from one.
+    /// up to this.
     pub concurrency: usize,
     /// Our own cap on a batch, below the server's.
     pub max_batch_bytes: u64,

@@ -36,6 +36,9 @@ pub use stats::Stats;
 
 use crate::server::MAX_MESSAGE_BYTES;
 
+/// What a small RPC (capabilities, refs, a status query) weighs in the in-flight measurements.
+const SMALL_CALL_BYTES: u64 = 1024;
+
 /// gRPC's default message limit, which applies when a server advertises no batch limit.
 const DEFAULT_BATCH_BYTES: u64 = 4 << 20;
 
@@ -184,9 +187,24 @@ impl RemoteCas {
         self.transport.clone()
     }
 
-    /// Runs one RPC with a slot among the requests in flight, counted under `method`,
+    /// Runs one small RPC with a slot among the requests in flight, counted under `method`,
     /// retrying with jittered backoff while the server is away, slow or momentarily full.
-    pub(crate) async fn call<T, F, Fut>(&self, method: &'static str, mut rpc: F) -> Result<T, Status>
+    pub(crate) async fn call<T, F, Fut>(&self, method: &'static str, rpc: F) -> Result<T, Status>
+    where
+        F: FnMut(connect::Transport) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        self.call_moving(method, SMALL_CALL_BYTES, rpc).await
+    }
+
+    /// [`RemoteCas::call`] for an RPC that moves about `bytes` (what it weighs in the
+    /// measurements that set how many requests are in flight).
+    pub(crate) async fn call_moving<T, F, Fut>(
+        &self,
+        method: &'static str,
+        bytes: u64,
+        mut rpc: F,
+    ) -> Result<T, Status>
     where
         F: FnMut(connect::Transport) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
@@ -195,7 +213,7 @@ impl RemoteCas {
         let mut attempt = 0;
         loop {
             let answer = {
-                let slot = self.in_flight.acquire().await;
+                let slot = self.in_flight.acquire(bytes).await;
                 self.stats.rpc(method);
                 let answer = rpc(self.transport.clone()).await;
                 if answer.as_ref().is_err_and(retryable) {

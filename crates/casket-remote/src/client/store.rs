@@ -96,8 +96,9 @@ impl RemoteCas {
             .map(|(function, request)| {
                 let this = self.clone();
                 async move {
+                    let bytes = prost::Message::encoded_len(&request) as u64;
                     let response = this
-                        .call("FindMissingBlobs", |t| {
+                        .call_moving("FindMissingBlobs", bytes, |t| {
                             let request = request.clone();
                             async move { cas_client(t).find_missing_blobs(request).await }
                         })
@@ -131,8 +132,9 @@ impl RemoteCas {
             acceptable_compressors: Vec::new(),
             digest_function: self.function_field(function),
         };
+        let bytes = digests.iter().map(Digest::size).sum();
         let response = self
-            .call("BatchReadBlobs", |t| {
+            .call_moving("BatchReadBlobs", bytes, |t| {
                 let request = request.clone();
                 async move { cas_client(t).batch_read_blobs(request).await }
             })
@@ -172,8 +174,9 @@ impl RemoteCas {
                 .collect(),
             digest_function: self.function_field(function),
         };
+        let bytes = prost::Message::encoded_len(&request) as u64;
         let response = self
-            .call("BatchUpdateBlobs", |t| {
+            .call_moving("BatchUpdateBlobs", bytes, |t| {
                 let request = request.clone();
                 async move { cas_client(t).batch_update_blobs(request).await }
             })
@@ -208,8 +211,9 @@ impl RemoteCas {
             read_offset: range.offset as i64,
             read_limit: range.limit.map_or(0, |l| l as i64),
         };
+        let bytes = range.len_in(digest).unwrap_or(0);
         let answer = self
-            .call("ByteStream.Read", |t| {
+            .call_moving("ByteStream.Read", bytes, |t| {
                 let request = request.clone();
                 async move {
                     byte_stream_client::ByteStreamClient::new(t)

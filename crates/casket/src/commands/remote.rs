@@ -38,7 +38,7 @@ pub struct RemoteArgs {
     /// The client certificate's key (PEM).
     #[arg(long, requires = "tls_cert", value_name = "FILE")]
     tls_key: Option<PathBuf>,
-    /// The most requests in flight at once: the client starts with one and finds how many the
+    /// The most requests in flight at once: the client finds how many the
     /// server takes well, up to this (1 sends them one at a time).
     #[arg(long, default_value_t = 16)]
     jobs: usize,

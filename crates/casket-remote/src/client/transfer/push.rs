@@ -138,7 +138,7 @@ async fn upload_stream(
             Some(_) => compressed_write_requests(name.clone(), chunks),
             None => write_requests(name.clone(), offset, digest.size(), chunks),
         };
-        let slot = remote.in_flight.acquire().await;
+        let slot = remote.in_flight.acquire(digest.size() - offset).await;
         remote.stats.rpc("ByteStream.Write");
         let answer = byte_stream_client::ByteStreamClient::new(remote.transport.clone())
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
