@@ -57,11 +57,12 @@ pub(crate) struct Blocks {
     pub(crate) fsync: bool,
 }
 
-/// What a block holds, as recovered at start.
-pub(crate) struct Recovered {
-    pub(crate) blocks: Blocks,
-    /// Every block's records in order, oldest block first: replaying them rebuilds the index.
+/// What [`Blocks::verify`] found.
+pub(crate) struct Verified {
+    /// Each block's intact records, oldest block first.
     pub(crate) records: Vec<(u32, Vec<IndexEntry>)>,
+    /// Damaged block tails: (block file, bytes valid, length).
+    pub(crate) damaged: Vec<(PathBuf, u64, u64)>,
 }
 
 pub(crate) fn block_path(dir: &Path, seq: u32) -> PathBuf {
@@ -211,7 +212,13 @@ fn now() -> u32 {
 impl Blocks {
     /// Opens every block under `dir` (creating the first if there is none): sealed blocks
     /// through their index, the open one by scanning it, cut back to its last valid record.
-    pub(crate) fn recover(dir: &Path, fsync: bool) -> Result<Recovered> {
+    /// `replay` is given each block's records in order, oldest block first (one block's at a
+    /// time, so that a large store is not held twice in memory).
+    pub(crate) fn recover(
+        dir: &Path,
+        fsync: bool,
+        mut replay: impl FnMut(u32, &[IndexEntry]),
+    ) -> Result<Blocks> {
         let mut seqs = Vec::new();
         for entry in fs::read_dir(dir).io_context("list", dir)? {
             let entry = entry.io_context("list", dir)?;
@@ -225,7 +232,6 @@ impl Blocks {
             }
         }
         seqs.sort_unstable();
-        let mut records = Vec::new();
         let mut sealed = VecDeque::new();
         let open_seq = seqs.pop();
         for seq in seqs {
@@ -234,7 +240,7 @@ impl Blocks {
             let len = meta.len();
             let entries = sealed_records(dir, &block, len)?;
             let last_write = entries.iter().map(|e| e.header.written).max().unwrap_or(0);
-            records.push((seq, entries));
+            replay(seq, &entries);
             sealed.push_back(Sealed {
                 block,
                 len,
@@ -250,7 +256,7 @@ impl Blocks {
                     tracing::warn!(block = %block.path.display(), valid, len, "dropping an incomplete write at the end of the open block");
                     block.file.set_len(valid).io_context("truncate", &block.path)?;
                 }
-                records.push((seq, entries.clone()));
+                replay(seq, &entries);
                 Open {
                     block,
                     len: valid,
@@ -263,14 +269,11 @@ impl Blocks {
                 entries: Vec::new(),
             },
         };
-        Ok(Recovered {
-            blocks: Blocks {
-                dir: dir.to_owned(),
-                sealed,
-                open,
-                fsync,
-            },
-            records,
+        Ok(Blocks {
+            dir: dir.to_owned(),
+            sealed,
+            open,
+            fsync,
         })
     }
 
@@ -401,7 +404,7 @@ impl Blocks {
 
     /// Every record of every block, verified (for fsck): the records found intact and the
     /// blocks' damaged parts, as (block, valid length, length).
-    pub(crate) fn verify(&self) -> Result<(Vec<(u32, Vec<IndexEntry>)>, Vec<(PathBuf, u64, u64)>)> {
+    pub(crate) fn verify(&self) -> Result<Verified> {
         let mut records = Vec::new();
         let mut damaged = Vec::new();
         let blocks = self
@@ -416,6 +419,6 @@ impl Blocks {
             }
             records.push((block.seq, entries));
         }
-        Ok((records, damaged))
+        Ok(Verified { records, damaged })
     }
 }

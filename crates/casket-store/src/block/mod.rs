@@ -183,15 +183,14 @@ impl BlockStore {
         )?;
         let dir = large.root().join(BLOCKS_DIR);
         std::fs::create_dir_all(&dir).io_context("create", &dir)?;
-        let recovered = Blocks::recover(&dir, options.fsync)?;
         let index = Index::new();
-        for (block, entries) in &recovered.records {
+        let blocks = Blocks::recover(&dir, options.fsync, |block, entries| {
             for entry in entries {
                 let digest = &entry.header.digest;
                 match entry.header.kind {
                     Kind::Blob => {
                         let place = Place::Block {
-                            block: *block,
+                            block,
                             offset: entry.offset,
                         };
                         index.insert(digest, place, entry.header.written);
@@ -201,7 +200,7 @@ impl BlockStore {
                     }
                 }
             }
-        }
+        })?;
         let mut large_bytes = 0;
         for object in large.scan_objects()?.objects {
             if !object.digest.is_empty_blob() {
@@ -209,7 +208,6 @@ impl BlockStore {
                 large_bytes += object.stored_bytes;
             }
         }
-        let blocks = recovered.blocks;
         let block_size = options.block_size.unwrap_or_else(|| {
             options
                 .capacity
@@ -312,7 +310,10 @@ impl BlockStore {
     /// read as absent. Blocks: call it from a blocking thread.
     pub fn verify(&self) -> Result<Verification> {
         let inner = &self.inner;
-        let (records, damaged_blocks) = inner.lock_blocks().verify()?;
+        let log::Verified {
+            records,
+            damaged: damaged_blocks,
+        } = inner.lock_blocks().verify()?;
         let mut intact = HashSet::new();
         for (block, entries) in &records {
             for entry in entries {
