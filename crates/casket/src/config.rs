@@ -200,11 +200,14 @@ quota = "1G"
         )
         .unwrap_or_else(|e| panic!("{e}"));
         let config = ServeConfig::load(&path).unwrap_or_else(|e| panic!("{e:#}"));
+        // No store there yet: the server's default, a block store.
         assert_eq!(
             config.store,
-            Some(StoreConfig::Disk {
+            Some(StoreConfig::Blocks {
                 path: dir.path().join("store"),
-                quota: None
+                quota: None,
+                small_blob_limit: None,
+                block_size: None,
             })
         );
         assert_eq!(config.token_file, Some(PathBuf::from("/etc/tokens")));
