@@ -138,20 +138,6 @@ impl StoreConfig {
         }
     }
 
-    /// The store already at `path`: a block store where one is, else a disk store.
-    pub fn at(path: PathBuf) -> StoreConfig {
-        if BlockStore::exists_at(&path) {
-            StoreConfig::Blocks {
-                path,
-                quota: None,
-                small_blob_limit: None,
-                block_size: None,
-            }
-        } else {
-            StoreConfig::Disk { path, quota: None }
-        }
-    }
-
     /// The same store with `limit` as its quota unless it sets one (disk and block stores).
     pub fn with_default_quota(self, limit: Option<u64>) -> StoreConfig {
         match self {

@@ -72,13 +72,7 @@ fn a_block_store_serves_and_the_cli_maintains_it() {
         .unwrap();
     assert!(same.success(), "the pulled tree differs");
 
-    let monitoring = server
-        .banner
-        .rsplit("monitoring on ")
-        .next()
-        .unwrap()
-        .trim_end_matches(')')
-        .to_owned();
+    let monitoring = server.monitoring();
     let status = support::http_get(&monitoring, "/status");
     let status = json(&status);
     let namespace = &status["namespaces"][0];

@@ -36,13 +36,7 @@ quota = "64M"
         server.banner
     );
     assert!(server.banner.contains("quota 1.00 GiB"), "{}", server.banner);
-    let monitoring = server
-        .banner
-        .rsplit("monitoring on ")
-        .next()
-        .unwrap()
-        .trim_end_matches(')')
-        .to_owned();
+    let monitoring = server.monitoring();
 
     let status: serde_json::Value = serde_json::from_str(&http_get(&monitoring, "/status")).unwrap();
     assert_eq!(status["anonymous"], "read");

@@ -223,17 +223,6 @@ impl Index {
         }
     }
 
-    /// Every blob stored as a file of its own, with when it was last used.
-    pub(crate) fn files(&self) -> Vec<(Digest, u32)> {
-        let mut files = Vec::new();
-        self.for_each(|digest, found| {
-            if found.place == Place::File {
-                files.push((digest, found.last_used));
-            }
-        });
-        files
-    }
-
     /// Bytes of memory the index holds (slots, tables, free lists).
     pub(crate) fn heap_bytes(&self) -> u64 {
         self.shards

@@ -88,11 +88,21 @@ fn open_block(dir: &Path, seq: u32, create: bool) -> Result<Block> {
     })
 }
 
-/// Reads the record at `offset` in `file` and checks it is `digest`'s, intact.
-pub(crate) fn read_record(file: &File, path: &Path, offset: u32, digest: &Digest) -> Result<Vec<u8>> {
+/// Reads the record at `offset` in `file` and checks it is `digest`'s, intact; `path` names
+/// the file in an I/O error (only then is it built).
+pub(crate) fn read_record(
+    file: &File,
+    offset: u32,
+    digest: &Digest,
+    path: impl FnOnce() -> PathBuf,
+) -> Result<Vec<u8>> {
     let mut buf = vec![0u8; HEADER_LEN + digest.size() as usize];
     file.read_exact_at(&mut buf, offset.into())
-        .io_context("read", path)?;
+        .map_err(|source| StoreError::Io {
+            op: "read",
+            path: path(),
+            source,
+        })?;
     let corrupt = |actual| StoreError::Corrupt {
         expected: *digest,
         actual,

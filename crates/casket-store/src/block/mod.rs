@@ -122,7 +122,8 @@ pub struct BlockStore {
 }
 
 struct Inner {
-    root: PathBuf,
+    /// Where the block files are (for messages; readers hold the files open).
+    blocks_dir: PathBuf,
     options: BlockOptions,
     block_size: u64,
     index: Index,
@@ -133,6 +134,9 @@ struct Inner {
     large: DiskStore,
     /// Bytes of every block file (mirrors `blocks`, readable without its lock).
     block_bytes: AtomicU64,
+    /// Every large blob, so that expiry finds the least recently used without walking the
+    /// whole index.
+    large_files: Mutex<HashSet<Digest>>,
     /// Bytes allocated to large files.
     large_bytes: AtomicU64,
     /// Room held by large writes in flight.
@@ -142,7 +146,7 @@ struct Inner {
 impl std::fmt::Debug for BlockStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BlockStore")
-            .field("root", &self.inner.root)
+            .field("root", &self.root())
             .field("index", &self.inner.index)
             .finish()
     }
@@ -202,9 +206,11 @@ impl BlockStore {
             }
         })?;
         let mut large_bytes = 0;
+        let mut large_files = HashSet::new();
         for object in large.scan_objects()?.objects {
             if !object.digest.is_empty_blob() {
                 index.insert(&object.digest, Place::File, secs(object.last_used));
+                large_files.insert(object.digest);
                 large_bytes += object.stored_bytes;
             }
         }
@@ -214,7 +220,7 @@ impl BlockStore {
                 .map_or(64 << 20, |capacity| (capacity / 16).clamp(256 << 10, 64 << 20))
         });
         let inner = Arc::new(Inner {
-            root: large.root().to_owned(),
+            blocks_dir: dir,
             options,
             block_size,
             index,
@@ -222,6 +228,7 @@ impl BlockStore {
             block_bytes: AtomicU64::new(blocks.stored_bytes()),
             blocks: Mutex::new(blocks),
             large,
+            large_files: Mutex::new(large_files),
             large_bytes: AtomicU64::new(large_bytes),
             reserved: Arc::default(),
         });
@@ -247,7 +254,7 @@ impl BlockStore {
 
     /// The store's directory.
     pub fn root(&self) -> &Path {
-        &self.inner.root
+        self.inner.large.root()
     }
 
     /// The disk store holding large blobs, beside which records and refs are kept.
@@ -314,20 +321,14 @@ impl BlockStore {
             records,
             damaged: damaged_blocks,
         } = inner.lock_blocks().verify()?;
-        let mut intact = HashSet::new();
-        for (block, entries) in &records {
-            for entry in entries {
-                if entry.header.kind == Kind::Blob {
-                    intact.insert((*block, entry.offset));
-                }
-            }
-        }
         let mut verification = Verification {
             damaged_blocks,
             ..Verification::default()
         };
+        let mut intact = HashSet::new();
         for (block, entries) in records {
-            for entry in entries {
+            for entry in entries.iter().filter(|e| e.header.kind == Kind::Blob) {
+                intact.insert((block, entry.offset));
                 let place = Place::Block {
                     block,
                     offset: entry.offset,
@@ -353,7 +354,7 @@ impl BlockStore {
         let inner = &self.inner;
         let now = now_secs();
         let mut seen = HashSet::new();
-        let mut batch: Vec<(Header, &Bytes)> = Vec::new();
+        let mut batch: Vec<(Header, &[u8])> = Vec::new();
         let mut batch_bytes = 0;
         for (digest, data) in blobs {
             let present = inner
@@ -402,11 +403,11 @@ impl BlockStore {
             let Some(file) = file else {
                 continue;
             };
-            let path = log::block_path(&inner.root.join(BLOCKS_DIR), block);
-            return match log::read_record(&file, &path, offset, digest) {
+            let path = || log::block_path(&inner.blocks_dir, block);
+            return match log::read_record(&file, offset, digest, path) {
                 Ok(data) => Ok(Some(data)),
                 Err(StoreError::Corrupt { expected, actual }) => {
-                    tracing::warn!(%expected, %actual, block = %path.display(), offset, "damaged record: dropped from the index");
+                    tracing::warn!(%expected, %actual, block = %path().display(), offset, "damaged record: dropped from the index");
                     inner.index.remove(digest, Some(found.place));
                     Ok(None)
                 }
@@ -426,6 +427,7 @@ impl BlockStore {
         let path = inner.large.object_path(digest);
         let allocated = std::fs::metadata(&path).io_context("stat", &path)?.blocks() * 512;
         if inner.index.insert(digest, Place::File, now_secs()).is_none() {
+            inner.large_files().insert(*digest);
             inner.large_bytes.fetch_add(allocated, Ordering::Relaxed);
         }
         Ok(())
@@ -465,6 +467,18 @@ impl Drop for Reservation {
     }
 }
 
+/// The bytes of `records` (each header, then its content) back to back, and their headers.
+fn encode_records(records: &[(Header, &[u8])]) -> (Vec<u8>, Vec<Header>) {
+    let mut bytes = Vec::with_capacity(records.iter().map(|(h, _)| h.record_len() as usize).sum());
+    let mut headers = Vec::with_capacity(records.len());
+    for (header, data) in records {
+        header.encode(&mut bytes);
+        bytes.extend_from_slice(data);
+        headers.push(*header);
+    }
+    (bytes, headers)
+}
+
 fn start_syncer(inner: Weak<Inner>, interval: Duration) {
     let spawned = std::thread::Builder::new()
         .name("casket-block-sync".to_owned())
@@ -492,6 +506,27 @@ impl Inner {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    fn large_files(&self) -> MutexGuard<'_, HashSet<Digest>> {
+        self.large_files
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Deletes the large blob `digest`'s file and forgets it.
+    fn remove_file(&self, digest: &Digest) -> Result<()> {
+        self.index.remove(digest, Some(Place::File));
+        self.large_files().remove(digest);
+        let path = self.large.object_path(digest);
+        let allocated = std::fs::metadata(&path).map_or(0, |m| m.blocks() * 512);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).io_context("remove", path),
+        }
+        self.large_bytes.fetch_sub(allocated, Ordering::Relaxed);
+        Ok(())
+    }
+
     fn files_mut(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<u32, Arc<File>>> {
         self.files
             .write()
@@ -511,14 +546,8 @@ impl Inner {
     }
 
     /// Appends records for `batch` (after making room) and indexes them.
-    fn append(&self, batch: &[(Header, &Bytes)]) -> Result<()> {
-        let mut bytes = Vec::with_capacity(batch.iter().map(|(h, _)| h.record_len() as usize).sum());
-        let mut headers = Vec::with_capacity(batch.len());
-        for (header, data) in batch {
-            header.encode(&mut bytes);
-            bytes.extend_from_slice(data);
-            headers.push(*header);
-        }
+    fn append(&self, batch: &[(Header, &[u8])]) -> Result<()> {
+        let (bytes, headers) = encode_records(batch);
         let mut blocks = self.lock_blocks();
         if let Some(capacity) = self.options.capacity {
             let need = bytes.len() as u64 + self.reserved.load(Ordering::Relaxed);
@@ -569,7 +598,7 @@ impl Inner {
         let cutoff = now_secs().saturating_sub(u32::try_from(grace.as_secs()).unwrap_or(u32::MAX));
         // Each pass expires one block or file; after as many passes as there are, whatever
         // is left was copied forward.
-        let mut passes = blocks.sealed.len() + self.index.files().len() + 1;
+        let mut passes = blocks.sealed.len() + self.large_files().len() + 1;
         while self.stored() + need > limit {
             if passes == 0 || !self.expire_oldest(blocks, cutoff, expiry)? {
                 return Err(StoreError::NoRoom(format!(
@@ -588,23 +617,15 @@ impl Inner {
     /// older; false if neither can go.
     fn expire_oldest(&self, blocks: &mut Blocks, cutoff: u32, expiry: &mut Expiry) -> Result<bool> {
         let oldest_file = self
-            .index
-            .files()
-            .into_iter()
+            .large_files()
+            .iter()
+            .filter_map(|digest| Some((*digest, self.index.get(digest, None)?.last_used)))
             .filter(|(_, last_used)| *last_used <= cutoff)
             .min_by_key(|(_, last_used)| *last_used);
         let oldest_block = blocks.sealed.front().map(|s| s.last_write);
         match (oldest_file, oldest_block) {
             (Some((digest, last_used)), block) if block.is_none_or(|b| last_used <= b) => {
-                self.index.remove(&digest, Some(Place::File));
-                let path = self.large.object_path(&digest);
-                let allocated = std::fs::metadata(&path).map_or(0, |m| m.blocks() * 512);
-                match std::fs::remove_file(&path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e).io_context("remove", path),
-                }
-                self.large_bytes.fetch_sub(allocated, Ordering::Relaxed);
+                self.remove_file(&digest)?;
                 expiry.removed_blobs += 1;
                 Ok(true)
             }
@@ -627,7 +648,7 @@ impl Inner {
             oldest.block.file.clone(),
             oldest.block.path.clone(),
         );
-        let mut forward: Vec<(Header, Bytes)> = Vec::new();
+        let mut forward: Vec<(Header, Vec<u8>)> = Vec::new();
         for entry in entries.iter().filter(|e| e.header.kind == Kind::Blob) {
             let digest = entry.header.digest;
             let place = Place::Block {
@@ -638,14 +659,14 @@ impl Inner {
                 continue;
             };
             if found.last_used > cutoff
-                && let Ok(data) = log::read_record(&file, &path, entry.offset, &digest)
+                && let Ok(data) = log::read_record(&file, entry.offset, &digest, || path.clone())
             {
                 let header = Header {
                     kind: Kind::Blob,
                     digest,
                     written: found.last_used,
                 };
-                forward.push((header, Bytes::from(data)));
+                forward.push((header, data));
             } else {
                 self.index.remove(&digest, Some(place));
                 expiry.removed_blobs += 1;
@@ -653,13 +674,8 @@ impl Inner {
         }
         expiry.copied_forward += forward.len() as u64;
         for chunk in forward.chunks(1024) {
-            let mut bytes = Vec::new();
-            let mut headers = Vec::with_capacity(chunk.len());
-            for (header, data) in chunk {
-                header.encode(&mut bytes);
-                bytes.extend_from_slice(data);
-                headers.push(*header);
-            }
+            let chunk: Vec<(Header, &[u8])> = chunk.iter().map(|(h, data)| (*h, data.as_slice())).collect();
+            let (bytes, headers) = encode_records(&chunk);
             self.append_locked(blocks, &bytes, &headers)?;
         }
         self.files_mut().remove(&seq);
@@ -814,13 +830,7 @@ impl BlobStore for BlockStore {
                 return Ok(false);
             };
             match found.place {
-                Place::File => {
-                    let path = inner.large.object_path(&digest);
-                    let allocated = std::fs::metadata(&path).map_or(0, |m| m.blocks() * 512);
-                    inner.index.remove(&digest, Some(Place::File));
-                    std::fs::remove_file(&path).io_context("remove", &path)?;
-                    inner.large_bytes.fetch_sub(allocated, Ordering::Relaxed);
-                }
+                Place::File => inner.remove_file(&digest)?,
                 Place::Block { .. } => {
                     // The tombstone first: once the index forgets the blob, a crash must not
                     // bring it back.
@@ -829,10 +839,9 @@ impl BlobStore for BlockStore {
                         digest,
                         written: now_secs(),
                     };
-                    let mut bytes = Vec::new();
-                    tombstone.encode(&mut bytes);
+                    let (bytes, headers) = encode_records(&[(tombstone, &[])]);
                     let mut blocks = inner.lock_blocks();
-                    inner.append_locked(&mut blocks, &bytes, &[tombstone])?;
+                    inner.append_locked(&mut blocks, &bytes, &headers)?;
                     inner.index.remove(&digest, Some(found.place));
                 }
             }

@@ -91,6 +91,16 @@ impl Serve {
         Serve::spawn(cmd)
     }
 
+    /// The monitoring port's address, from the banner (`… monitoring on ADDR)`).
+    pub(crate) fn monitoring(&self) -> String {
+        self.banner
+            .rsplit("monitoring on ")
+            .next()
+            .unwrap()
+            .trim_end_matches(')')
+            .to_owned()
+    }
+
     /// Runs `cmd` (a `casket serve` command line) and waits until it listens.
     fn spawn(mut cmd: Command) -> Serve {
         let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
