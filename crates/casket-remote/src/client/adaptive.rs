@@ -1,22 +1,22 @@
-//! How many requests the client keeps in flight: found by climbing the measured throughput,
-//! not fixed. A fast server (casket) takes many requests at once; a Python server (BuildStream
-//! 1's) slows down under concurrency, and a fixed 16 in flight made a push 2.6× slower there
-//! than one at a time.
+//! How many requests the client keeps in flight: found by measuring throughput, not fixed. A
+//! fast server (casket) takes many requests at once; a Python server (BuildStream 1's) slows
+//! down under concurrency: a 10,000-file push sent as 16 requests at once took 2.3× as long
+//! there as one at a time.
 //!
-//! Once per round (at least [`MIN_ROUND`] completions, and half as many as the limit, of requests
-//! sent since the round began) the round's throughput is estimated by Little's law from those
-//! requests alone: their mean bytes in flight over their mean latency (a request weighs what it
-//! carries: a FindMissingBlobs of 10,000 digests costs a server as much as a batch of blobs). So
-//! requests sent under an earlier limit, the time a new limit takes to fill, and a mix of small
-//! and large requests do not blur it.
-//! * **Survey.** The first rounds run at the most allowed, then half, and so on down to one;
-//!   the best of them becomes the limit. Servers are not monotonic (BuildStream 1's is fastest
-//!   one at a time, slowest at four), so every level is tried, and from the top, so that a
-//!   transfer of a few requests runs them all at once.
-//! * **Climb.** A round that beats the best throughput by [`GAIN`] makes its limit the best and
-//!   moves one further the same way; a probe that does not pay goes back to the best limit and
-//!   turns the other way. The best throughput decays a little every round ([`DECAY`]), so every
-//!   few rounds a probe follows a server whose speed changed.
+//! Once per round the round's throughput is estimated by Little's law from the requests sent
+//! since the round began: their mean bytes in flight over their mean latency (a request weighs
+//! what it carries: a FindMissingBlobs of 10,000 digests costs a server as much as a batch of
+//! blobs). So requests sent under an earlier limit, the time a new limit takes to fill, and a
+//! mix of small and large requests do not blur it.
+//! * **Slow start.** The first request goes alone, and each round as many as the limit doubles
+//!   it while throughput grows by [`GAIN`]; the first round that does not pay goes back to the
+//!   best level. A push is often a dozen 4 MiB batches: sent all at once, the first round would
+//!   be the whole transfer, at whatever the server makes of it.
+//! * **Climb.** After that, rounds are at least [`MIN_ROUND`] completions and half the limit. A
+//!   round that beats the best throughput by [`GAIN`] makes its limit the best and moves one
+//!   further the same way; a probe that does not pay goes back to the best limit and turns the
+//!   other way. The best throughput decays a little every round ([`DECAY`]), so every few rounds
+//!   a probe follows a server whose speed changed.
 //! * A request that failed as overload (UNAVAILABLE, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED)
 //!   halves the limit at once.
 
@@ -25,7 +25,7 @@ use tokio::time::Instant;
 
 use tokio::sync::Notify;
 
-/// The fewest completions a round measures.
+/// The fewest completions a round measures once slow start is over.
 const MIN_ROUND: usize = 4;
 /// A round must beat the best throughput by this factor to move the best limit.
 const GAIN: f64 = 1.10;
@@ -44,8 +44,8 @@ pub(crate) struct Adaptive {
 struct State {
     limit: usize,
     in_flight: usize,
-    /// Still trying every level from the top.
-    surveying: bool,
+    /// Still doubling from one.
+    starting: bool,
     /// Which way the next probe goes.
     upwards: bool,
     /// The best throughput seen (bytes per second), and the limit it was seen at.
@@ -92,18 +92,18 @@ impl Adaptive {
         Adaptive {
             max,
             state: Mutex::new(State {
-                limit: max,
+                limit: 1,
                 in_flight: 0,
-                surveying: true,
-                upwards: false,
+                starting: true,
+                upwards: true,
                 best: 0.0,
-                best_limit: max,
+                best_limit: 1,
                 round_started: Instant::now(),
                 round_done: 0,
                 round_latency: 0.0,
                 round_concurrency: 0,
                 round_bytes: 0,
-                peak: max,
+                peak: 1,
             }),
             freed: Notify::new(),
         }
@@ -147,7 +147,7 @@ impl Adaptive {
         state.in_flight -= 1;
         if slot.overloaded {
             state.limit = (state.limit / 2).max(1);
-            state.surveying = false;
+            state.starting = false;
             state.best_limit = state.limit;
             state.start_round();
         } else if slot.sent >= state.round_started {
@@ -155,7 +155,7 @@ impl Adaptive {
             state.round_latency += slot.sent.elapsed().as_secs_f64();
             state.round_concurrency += slot.concurrency;
             state.round_bytes += slot.bytes;
-            if state.round_done >= (state.limit / 2).max(MIN_ROUND) {
+            if state.round_done >= state.round_size() {
                 // Little's law: mean bytes in flight over mean latency.
                 let mean_bytes = state.round_bytes as f64 / state.round_done as f64;
                 let rate = mean_bytes * state.round_concurrency as f64 / state.round_latency.max(1e-9);
@@ -185,18 +185,26 @@ impl State {
         self.round_bytes = 0;
     }
 
+    /// How many completions the current round measures.
+    fn round_size(&self) -> usize {
+        match self.starting {
+            true => self.limit,
+            false => (self.limit / 2).max(MIN_ROUND),
+        }
+    }
+
     /// One round's throughput moves the limit.
     fn adjust(&mut self, rate: f64, max: usize) {
-        if self.surveying {
-            if rate > self.best {
+        if self.starting {
+            if rate >= self.best * GAIN {
                 self.best = rate;
                 self.best_limit = self.limit;
+                if self.limit < max {
+                    self.limit = (self.limit * 2).min(max);
+                    return;
+                }
             }
-            if self.limit > 1 {
-                self.limit /= 2;
-                return;
-            }
-            self.surveying = false;
+            self.starting = false;
             self.limit = self.best_limit;
         } else if rate >= self.best * GAIN {
             self.best = rate;
@@ -273,9 +281,21 @@ mod tests {
         assert!((3..=8).contains(&limit), "settled on {limit}");
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_few_requests_to_a_server_that_slows_are_not_sent_at_once() {
+        // A push of a dozen 4 MiB batches to the GIL-bound server of the test above: serial
+        // would take 120 ms, all at once 2 s.
+        let (_, elapsed) = settle(12, 16, |n| {
+            Duration::from_millis(10 * n as u64 + 5 * (n as u64 - 1))
+        })
+        .await;
+        assert!(elapsed <= Duration::from_millis(150), "{elapsed:?}");
+    }
+
     #[tokio::test]
     async fn overload_halves_the_limit() {
         let limiter = Adaptive::new(8);
+        limiter.lock().limit = 8;
         limiter.acquire(1).await.overloaded();
         assert_eq!(limiter.limit(), 4);
     }
