@@ -23,7 +23,7 @@ fn main() -> anyhow::Result<()> {
         Some("bench-peers") => bench::run(&args[1..]),
         Some("codegen") => codegen(),
         _ => bail!(
-            "usage: cargo xtask test | fuzz [--seconds N] | bench-peers [--reps N] [--work DIR] [--large-mib N] [--only local|transfer]"
+            "usage: cargo xtask test | fuzz [--seconds N] | bench-peers [--reps N] [--work DIR] [--large-mib N] [--only local|transfer|clients]"
         ),
     }
 }

@@ -5,12 +5,15 @@
 //!   `cp` (issue 2).
 //! * [`transfer`]: push and pull to and from servers, casket against BuildStream 1.6.8's
 //!   client and server, with a PNG chart (issues 4 and 5).
+//! * [`clients`]: casket's client against BuildStream 1.6.8's, BuildGrid's and buildbox-casd's
+//!   servers, next to each one's own client (issue 14).
 //!
 //! Run it on a quiet machine and file system: for a few minutes after a mass deletion, ext4
 //! allocates new inodes slowly (`recently_deleted`), which slows every writer. Runs leave their
 //! outputs in place for that reason.
 
 mod chart;
+mod clients;
 mod local_store;
 mod transfer;
 
@@ -21,7 +24,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 
-/// Runs the selected sections (`--only local|transfer`; both by default).
+/// Runs the selected sections (`--only local|transfer|clients`; all by default).
 pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     let options = parse(args)?;
     let status = Command::new("cargo")
@@ -46,6 +49,9 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     }
     if only.is_none_or(|o| o == "transfer") {
         transfer::run(&options, &casket)?;
+    }
+    if only.is_none_or(|o| o == "clients") {
+        clients::run(&options, &casket)?;
     }
     Ok(())
 }

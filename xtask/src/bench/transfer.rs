@@ -10,17 +10,19 @@
 
 use std::fs;
 use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 
 use super::{Options, Row, chart, generate, median, output, render, warm, write_section};
 
 /// A server process, killed when dropped.
-struct Server {
+pub(super) struct Server {
     child: Child,
-    url: String,
+    pub(super) url: String,
 }
 
 impl Drop for Server {
@@ -53,7 +55,7 @@ fn start(
     })
 }
 
-fn casket_server(casket: &Path, store: &Path) -> anyhow::Result<Server> {
+pub(super) fn casket_server(casket: &Path, store: &Path) -> anyhow::Result<Server> {
     let mut command = Command::new(casket);
     command
         .arg("--store")
@@ -66,15 +68,43 @@ fn casket_server(casket: &Path, store: &Path) -> anyhow::Result<Server> {
     })
 }
 
-fn bst1_server(shared: &Path, repo: &Path) -> anyhow::Result<Server> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+pub(super) fn bst1_server(shared: &Path, repo: &Path) -> anyhow::Result<Server> {
+    let port = free_port()?;
     let mut command = Command::new(shared.join("peers/bst1/serve.sh"));
     command.arg(port.to_string()).arg(repo);
     start(command, "listening on", |_| Some(format!("127.0.0.1:{port}")))
 }
 
+/// Starts a server that prints nothing useful, and waits until it accepts connections on
+/// `port`.
+pub(super) fn start_on_port(command: &mut Command, port: u16) -> anyhow::Result<Server> {
+    let child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+    let server = Server {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!("{command:?} did not listen on {port}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(server)
+}
+
+/// A free TCP port on 127.0.0.1.
+pub(super) fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
 /// BuildStream's client pushing and pulling `tree` through `url`: its push and pull seconds.
-fn bst1_roundtrip(client: &Path, url: &str, tree: &Path, work: &Path) -> anyhow::Result<(f64, f64)> {
+pub(super) fn bst1_roundtrip(
+    client: &Path,
+    url: &str,
+    tree: &Path,
+    work: &Path,
+) -> anyhow::Result<(f64, f64)> {
     let out = output(
         Command::new("/usr/bin/python3")
             .arg(client)

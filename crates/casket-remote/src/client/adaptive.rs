@@ -3,17 +3,19 @@
 //! down under concurrency: a 10,000-file push sent as 16 requests at once took 2.3× as long
 //! there as one at a time.
 //!
-//! Once per round the round's throughput is estimated by Little's law from the requests sent
-//! since the round began: their mean bytes in flight over their mean latency (a request weighs
-//! what it carries: a FindMissingBlobs of 10,000 digests costs a server as much as a batch of
-//! blobs). So requests sent under an earlier limit, the time a new limit takes to fill, and a
-//! mix of small and large requests do not blur it.
-//! * **Slow start.** The first request goes alone, and each round as many as the limit doubles
-//!   it while throughput grows by [`GAIN`]; the first round that does not pay goes back to the
+//! Once per round the round's throughput is estimated by Little's law from the requests that
+//! move blobs sent since the round began: their mean bytes in flight over their mean latency.
+//! So requests sent under an earlier limit, the time a new limit takes to fill, and a mix of
+//! small and large requests do not blur it. Requests that move no blobs (FindMissingBlobs,
+//! capabilities) take a place but are not measured: per byte they cost a server fifty times
+//! what a batch does, and a round of them next to a round of batches compared nothing.
+//! * **Slow start.** The first requests go one at a time (the very first is not measured: it
+//!   pays for the connection and the server's first touches), and each round of as many as the
+//!   limit doubles it while throughput grows by [`GAIN`]; the first round that does not pay goes back to the
 //!   best level. A push is often a dozen 4 MiB batches: sent all at once, the first round would
 //!   be the whole transfer, at whatever the server makes of it.
-//! * **Climb.** After that, rounds are at least [`MIN_ROUND`] completions and half the limit. A
-//!   round that beats the best throughput by [`GAIN`] makes its limit the best and moves one
+//! * **Climb.** After that, rounds at the best level are at least [`MIN_ROUND`] completions
+//!   and half the limit, and a probe of another level as many as its limit. A round that beats the best throughput by [`GAIN`] makes its limit the best and moves one
 //!   further the same way; a probe that does not pay goes back to the best limit and turns the
 //!   other way. The best throughput decays a little every round ([`DECAY`]), so every few rounds
 //!   a probe follows a server whose speed changed.
@@ -25,7 +27,7 @@ use tokio::time::Instant;
 
 use tokio::sync::Notify;
 
-/// The fewest completions a round measures once slow start is over.
+/// The fewest completions a round at the best level measures.
 const MIN_ROUND: usize = 4;
 /// A round must beat the best throughput by this factor to move the best limit.
 const GAIN: f64 = 1.10;
@@ -46,6 +48,9 @@ struct State {
     in_flight: usize,
     /// Still doubling from one.
     starting: bool,
+    /// The first request that moves blobs has completed (it pays for the connection and the
+    /// server's first touches, so it is not measured).
+    warm: bool,
     /// Which way the next probe goes.
     upwards: bool,
     /// The best throughput seen (bytes per second), and the limit it was seen at.
@@ -95,6 +100,7 @@ impl Adaptive {
                 limit: 1,
                 in_flight: 0,
                 starting: true,
+                warm: false,
                 upwards: true,
                 best: 0.0,
                 best_limit: 1,
@@ -119,7 +125,8 @@ impl Adaptive {
         self.lock().peak
     }
 
-    /// Waits for a place among the requests in flight, for a request moving about `bytes`.
+    /// Waits for a place among the requests in flight, for a request moving about `bytes` of
+    /// blobs (0: a request that is not measured).
     pub(crate) async fn acquire(&self, bytes: u64) -> Slot<'_> {
         loop {
             let freed = self.freed.notified();
@@ -133,7 +140,7 @@ impl Adaptive {
                         limiter: self,
                         sent: Instant::now(),
                         concurrency: state.in_flight,
-                        bytes: bytes.max(1),
+                        bytes,
                         overloaded: false,
                     };
                 }
@@ -150,7 +157,9 @@ impl Adaptive {
             state.starting = false;
             state.best_limit = state.limit;
             state.start_round();
-        } else if slot.sent >= state.round_started {
+        } else if slot.bytes > 0 && !state.warm {
+            state.warm = true;
+        } else if slot.bytes > 0 && slot.sent >= state.round_started {
             state.round_done += 1;
             state.round_latency += slot.sent.elapsed().as_secs_f64();
             state.round_concurrency += slot.concurrency;
@@ -185,10 +194,12 @@ impl State {
         self.round_bytes = 0;
     }
 
-    /// How many completions the current round measures.
+    /// How many completions the current round measures: as many as the limit while starting
+    /// or probing a level (at least two, so one slow first request does not decide alone), and
+    /// more at the best level, where the estimate sets the bar every probe must clear.
     fn round_size(&self) -> usize {
-        match self.starting {
-            true => self.limit,
+        match self.starting || self.limit != self.best_limit {
+            true => self.limit.max(2),
             false => (self.limit / 2).max(MIN_ROUND),
         }
     }
@@ -290,6 +301,16 @@ mod tests {
         })
         .await;
         assert!(elapsed <= Duration::from_millis(150), "{elapsed:?}");
+    }
+
+    #[tokio::test]
+    async fn requests_that_move_no_blobs_are_not_measured() {
+        let limiter = Adaptive::new(8);
+        for _ in 0..20 {
+            drop(limiter.acquire(0).await);
+        }
+        let state = limiter.lock();
+        assert_eq!((state.limit, state.starting, state.round_done), (1, true, 0));
     }
 
     #[tokio::test]

@@ -36,9 +36,6 @@ pub use stats::Stats;
 
 use crate::server::MAX_MESSAGE_BYTES;
 
-/// What a small RPC (capabilities, refs, a status query) weighs in the in-flight measurements.
-const SMALL_CALL_BYTES: u64 = 1024;
-
 /// gRPC's default message limit, which applies when a server advertises no batch limit.
 const DEFAULT_BATCH_BYTES: u64 = 4 << 20;
 
@@ -187,17 +184,19 @@ impl RemoteCas {
         self.transport.clone()
     }
 
-    /// Runs one small RPC with a slot among the requests in flight, counted under `method`,
-    /// retrying with jittered backoff while the server is away, slow or momentarily full.
+    /// Runs one RPC that moves no blobs (capabilities, FindMissingBlobs, refs) with a slot among
+    /// the requests in flight, counted under `method`, retrying with jittered backoff while the
+    /// server is away, slow or momentarily full. Its latency says nothing about the throughput
+    /// the in-flight limit is set by, so it is not measured.
     pub(crate) async fn call<T, F, Fut>(&self, method: &'static str, rpc: F) -> Result<T, Status>
     where
         F: FnMut(connect::Transport) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
-        self.call_moving(method, SMALL_CALL_BYTES, rpc).await
+        self.call_moving(method, 0, rpc).await
     }
 
-    /// [`RemoteCas::call`] for an RPC that moves about `bytes` (what it weighs in the
+    /// [`RemoteCas::call`] for an RPC that moves about `bytes` of blobs (what it weighs in the
     /// measurements that set how many requests are in flight).
     pub(crate) async fn call_moving<T, F, Fut>(
         &self,

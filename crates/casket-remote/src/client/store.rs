@@ -96,9 +96,8 @@ impl RemoteCas {
             .map(|(function, request)| {
                 let this = self.clone();
                 async move {
-                    let bytes = prost::Message::encoded_len(&request) as u64;
                     let response = this
-                        .call_moving("FindMissingBlobs", bytes, |t| {
+                        .call("FindMissingBlobs", |t| {
                             let request = request.clone();
                             async move { cas_client(t).find_missing_blobs(request).await }
                         })
