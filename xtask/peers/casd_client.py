@@ -19,11 +19,9 @@ import sys
 import time
 
 import grpc
-from buildstream._protos.build.bazel.remote.execution.v2 import (
-    remote_execution_pb2,
-    remote_execution_pb2_grpc,
-)
+from buildstream._protos.build.bazel.remote.execution.v2 import remote_execution_pb2
 from buildstream._protos.build.buildgrid import local_cas_pb2, local_cas_pb2_grpc
+from buildstream._protos.google.bytestream import bytestream_pb2, bytestream_pb2_grpc
 
 
 def start_casd(casd, remote, work):
@@ -36,15 +34,16 @@ def start_casd(casd, remote, work):
     )
     channel = grpc.insecure_channel(f"unix:{socket}")
     grpc.channel_ready_future(channel).result(timeout=30)
-    cas = remote_execution_pb2_grpc.ContentAddressableStorageStub(channel)
-    return process, local_cas_pb2_grpc.LocalContentAddressableStorageStub(channel), cas
+    bytestream = bytestream_pb2_grpc.ByteStreamStub(channel)
+    return process, local_cas_pb2_grpc.LocalContentAddressableStorageStub(channel), bytestream
 
 
-def root_of(cas, tree_digest):
+def root_of(bytestream, tree_digest):
     """The root Directory's digest of a captured Tree (casd 1.4.25 leaves
-    `root_directory_digest` empty)."""
-    response = cas.BatchReadBlobs(remote_execution_pb2.BatchReadBlobsRequest(digests=[tree_digest]))
-    tree = remote_execution_pb2.Tree.FromString(response.responses[0].data)
+    `root_directory_digest` empty); the Tree can exceed a batch, so it is streamed."""
+    name = f"blobs/{tree_digest.hash}/{tree_digest.size_bytes}"
+    data = b"".join(r.data for r in bytestream.Read(bytestream_pb2.ReadRequest(resource_name=name)))
+    tree = remote_execution_pb2.Tree.FromString(data)
     root = tree.root.SerializeToString()
     return f"{hashlib.sha256(root).hexdigest()}/{len(root)}"
 
@@ -57,7 +56,7 @@ def main():
     parser.add_argument("--remote", required=True)
     parser.add_argument("--work", required=True)
     args = parser.parse_args()
-    process, local, cas = start_casd(args.casd, args.remote, args.work)
+    process, local, bytestream = start_casd(args.casd, args.remote, args.work)
     try:
         started = time.monotonic()
         if args.action == "push":
@@ -68,7 +67,7 @@ def main():
             if captured.status.code != 0:
                 sys.exit(f"CaptureTree failed: {captured.status}")
             print(f"SECONDS {time.monotonic() - started:.6f}")
-            print(f"ROOT {root_of(cas, captured.tree_digest)}")
+            print(f"ROOT {root_of(bytestream, captured.tree_digest)}")
         else:
             hash_, size = args.target.split("/")
             digest = remote_execution_pb2.Digest(hash=hash_, size_bytes=int(size))

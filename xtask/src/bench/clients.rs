@@ -7,9 +7,10 @@
 //! | BuildGrid 0.4.4 (`bgd server`, disk storage) | `bgd cas upload-dir` / `download-dir` |
 //! | buildbox-casd 1.4.25 serving over TCP | a local casd pointed at it: `CaptureTree`, `FetchTree` |
 //!
-//! casket is timed as whole processes: `casket push DIR` (capture included) and `casket pull
+//! Each pairing's directories are removed once it is measured (on ext4, let the file system
+//! settle before another benchmark). casket is timed as whole processes: `casket push DIR` (capture included) and `casket pull
 //! ROOT DIR` (checkout included), start-up and all. Each peer is timed as favourably as it
-//! allows: BuildStream's own in-process phases, `bgd` as whole processes (it has no other
+//! allows: BuildStream's own in-process phases (import and push, pull and checkout), `bgd` as whole processes (it has no other
 //! figure), casd by its RPC alone (a daemon is already running when BuildStream needs it).
 //!
 //! BuildGrid comes from `${CASKET_PEERS_DIR:-/var/cache/casket-peers}/bgd-venv` and casd from
@@ -21,7 +22,7 @@ use std::process::Command;
 
 use anyhow::{Context, bail};
 
-use super::transfer::{Server, bst1_roundtrip, bst1_server, free_port, start_on_port};
+use super::transfer::{Server, bst1_phases, bst1_server, free_port, start_on_port};
 use super::{Options, Row, generate, output, render, timed, warm, write_section};
 
 /// Where the Python peers are installed.
@@ -235,11 +236,13 @@ pub(crate) fn run(options: &Options, casket: &Path) -> anyhow::Result<()> {
                 bst1_server(&options.shared, &dir.join("bst1"))?,
                 bst1_server(&options.shared, &dir.join("bst1-casket"))?,
             );
-            bst1.record(
-                ours(&other, "casket-bst1")?,
-                bst1_roundtrip(&bst1_client, &server.url, &tree, &dir.join("bst1-client"))?,
-            );
+            let [import, push, pull, checkout] =
+                bst1_phases(&bst1_client, &server.url, &tree, &dir.join("bst1-client"))?;
+            bst1.record(ours(&other, "casket-bst1")?, (import + push, pull + checkout));
             drop((server, other));
+            // Each pairing leaves half a million files of 100,000-file trees: more than tmpfs
+            // has inodes for all three.
+            fs::remove_dir_all(&dir)?;
             let (server, other) = (
                 bgd_server(&dir.join("bgd"))?,
                 bgd_server(&dir.join("bgd-casket"))?,
@@ -249,6 +252,7 @@ pub(crate) fn run(options: &Options, casket: &Path) -> anyhow::Result<()> {
                 bgd_roundtrip(&server.url, &tree, &dir.join("bgd-client"))?,
             );
             drop((server, other));
+            fs::remove_dir_all(&dir)?;
             let (server, other) = (
                 casd_server(&dir.join("casd"))?,
                 casd_server(&dir.join("casd-casket"))?,
@@ -257,12 +261,14 @@ pub(crate) fn run(options: &Options, casket: &Path) -> anyhow::Result<()> {
                 ours(&other, "casket-casd")?,
                 casd_roundtrip(&casd_client, &server.url, &tree, &dir.join("casd-client"))?,
             );
+            drop((server, other));
+            fs::remove_dir_all(&dir)?;
         }
         bst1.rows(
             &mut rows,
             name,
             "BuildStream 1.6.8 server",
-            "BuildStream 1.6.8's client (in-process phase)",
+            "BuildStream 1.6.8's client (its import + push, pull + checkout phases)",
         );
         bgd.rows(
             &mut rows,
@@ -284,9 +290,5 @@ pub(crate) fn run(options: &Options, casket: &Path) -> anyhow::Result<()> {
     );
     println!("{table}");
     write_section(Path::new("docs/benchmarks.md"), "clients", &table)?;
-    println!(
-        "left {} in place; remove it when no benchmark is about to run",
-        runs_dir.display()
-    );
     Ok(())
 }

@@ -98,13 +98,9 @@ pub(super) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// BuildStream's client pushing and pulling `tree` through `url`: its push and pull seconds.
-pub(super) fn bst1_roundtrip(
-    client: &Path,
-    url: &str,
-    tree: &Path,
-    work: &Path,
-) -> anyhow::Result<(f64, f64)> {
+/// BuildStream's client pushing and pulling `tree` through `url`: the seconds of its
+/// `import`, `push`, `pull` and `checkout` phases.
+pub(super) fn bst1_phases(client: &Path, url: &str, tree: &Path, work: &Path) -> anyhow::Result<[f64; 4]> {
     let out = output(
         Command::new("/usr/bin/python3")
             .arg(client)
@@ -125,7 +121,18 @@ pub(super) fn bst1_roundtrip(
             .context("no seconds=")?;
         Ok(seconds.parse()?)
     };
-    Ok((phase("push")?, phase("pull")?))
+    Ok([
+        phase("import")?,
+        phase("push")?,
+        phase("pull")?,
+        phase("checkout")?,
+    ])
+}
+
+/// BuildStream's client pushing and pulling `tree` through `url`: its push and pull seconds.
+fn bst1_roundtrip(client: &Path, url: &str, tree: &Path, work: &Path) -> anyhow::Result<(f64, f64)> {
+    let [_, push, pull, _] = bst1_phases(client, url, tree, work)?;
+    Ok((push, pull))
 }
 
 /// `casket push` then `casket pull` of `tree` through `url`: their in-process seconds.
