@@ -1,6 +1,6 @@
 //! How many requests the client keeps in flight: found by measuring throughput, not fixed. A
 //! fast server (casket) takes many requests at once; a Python server (BuildStream 1's) slows
-//! down under concurrency: a 10,000-file push sent as 16 requests at once took 2.3× as long
+//! down under concurrency: a 10,000-file push sent as 16 requests at once took 2.2× as long
 //! there as one at a time.
 //!
 //! Once per round the round's throughput is estimated by Little's law from the requests that
@@ -10,15 +10,16 @@
 //! capabilities) take a place but are not measured: per byte they cost a server fifty times
 //! what a batch does, and a round of them next to a round of batches compared nothing.
 //! * **Slow start.** The first requests go one at a time (the very first is not measured: it
-//!   pays for the connection and the server's first touches), and each round of as many as the
-//!   limit doubles it while throughput grows by [`GAIN`]; the first round that does not pay goes back to the
-//!   best level. A push is often a dozen 4 MiB batches: sent all at once, the first round would
-//!   be the whole transfer, at whatever the server makes of it.
+//!   pays for the connection and the server's first touches), and each round of as many as
+//!   the limit doubles it while throughput grows by [`GAIN`]; the first round that does not
+//!   pay goes back to the best level. A push is often a dozen 4 MiB batches: sent all at once,
+//!   the first round would be the whole transfer, at whatever the server makes of it.
 //! * **Climb.** After that, rounds at the best level are at least [`MIN_ROUND`] completions
-//!   and half the limit, and a probe of another level as many as its limit. A round that beats the best throughput by [`GAIN`] makes its limit the best and moves one
-//!   further the same way; a probe that does not pay goes back to the best limit and turns the
-//!   other way. The best throughput decays a little every round ([`DECAY`]), so every few rounds
-//!   a probe follows a server whose speed changed.
+//!   and half the limit, and a probe of another level as many as its limit. A round that
+//!   beats the best throughput by [`GAIN`] makes its limit the best and moves one further the
+//!   same way; a probe that does not pay goes back to the best limit and turns the other way.
+//!   The best throughput decays a little every round ([`DECAY`]), so every few rounds a probe
+//!   follows a server whose speed changed.
 //! * A request that failed as overload (UNAVAILABLE, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED)
 //!   halves the limit at once.
 
