@@ -170,12 +170,36 @@ struct Pair {
     own: (Vec<f64>, Vec<f64>),
 }
 
+/// Starts a server storing in a directory.
+type Start<'a> = &'a dyn Fn(&Path) -> anyhow::Result<Server>;
+/// A server's own client pushing and pulling through it, working in a directory.
+type OwnClient<'a> = &'a dyn Fn(&Server, &Path) -> anyhow::Result<(f64, f64)>;
+
 impl Pair {
-    fn record(&mut self, casket: (f64, f64), own: (f64, f64)) {
-        self.casket.0.push(casket.0);
-        self.casket.1.push(casket.1);
-        self.own.0.push(own.0);
-        self.own.1.push(own.1);
+    /// One run: casket's client through one fresh server, then the server's own client through
+    /// another. The run's directory is removed afterwards: each pairing leaves half a million
+    /// files of a 100,000-file tree, more than tmpfs has inodes for all three.
+    fn measure(
+        &mut self,
+        dir: &Path,
+        casket: &Path,
+        tree: &Path,
+        start: Start<'_>,
+        own: OwnClient<'_>,
+    ) -> anyhow::Result<()> {
+        let (for_casket, for_own) = (
+            start(&dir.join("casket-server"))?,
+            start(&dir.join("own-server"))?,
+        );
+        let (push, pull) = casket_roundtrip(casket, &for_casket.url, tree, &dir.join("casket"))?;
+        let (own_push, own_pull) = own(&for_own, &dir.join("own-client"))?;
+        drop((for_casket, for_own));
+        fs::remove_dir_all(dir)?;
+        self.casket.0.push(push);
+        self.casket.1.push(pull);
+        self.own.0.push(own_push);
+        self.own.1.push(own_pull);
+        Ok(())
     }
 
     fn rows(&self, rows: &mut Vec<Row>, workload: &str, server: &str, own: &str) {
@@ -230,39 +254,22 @@ pub(crate) fn run(options: &Options, casket: &Path) -> anyhow::Result<()> {
         for rep in 0..reps {
             let dir = runs_dir.join(format!("{slug}-{rep}"));
             println!("==> clients, {name}, run {}", rep + 1);
-            let ours =
-                |server: &Server, name: &str| casket_roundtrip(casket, &server.url, &tree, &dir.join(name));
-            let (server, other) = (
-                bst1_server(&options.shared, &dir.join("bst1"))?,
-                bst1_server(&options.shared, &dir.join("bst1-casket"))?,
-            );
-            let [import, push, pull, checkout] =
-                bst1_phases(&bst1_client, &server.url, &tree, &dir.join("bst1-client"))?;
-            bst1.record(ours(&other, "casket-bst1")?, (import + push, pull + checkout));
-            drop((server, other));
-            // Each pairing leaves half a million files of 100,000-file trees: more than tmpfs
-            // has inodes for all three.
-            fs::remove_dir_all(&dir)?;
-            let (server, other) = (
-                bgd_server(&dir.join("bgd"))?,
-                bgd_server(&dir.join("bgd-casket"))?,
-            );
-            bgd.record(
-                ours(&other, "casket-bgd")?,
-                bgd_roundtrip(&server.url, &tree, &dir.join("bgd-client"))?,
-            );
-            drop((server, other));
-            fs::remove_dir_all(&dir)?;
-            let (server, other) = (
-                casd_server(&dir.join("casd"))?,
-                casd_server(&dir.join("casd-casket"))?,
-            );
-            casd.record(
-                ours(&other, "casket-casd")?,
-                casd_roundtrip(&casd_client, &server.url, &tree, &dir.join("casd-client"))?,
-            );
-            drop((server, other));
-            fs::remove_dir_all(&dir)?;
+            bst1.measure(
+                &dir,
+                casket,
+                &tree,
+                &|d| bst1_server(&options.shared, d),
+                &|server, d| {
+                    let [import, push, pull, checkout] = bst1_phases(&bst1_client, &server.url, &tree, d)?;
+                    Ok((import + push, pull + checkout))
+                },
+            )?;
+            bgd.measure(&dir, casket, &tree, &bgd_server, &|server, d| {
+                bgd_roundtrip(&server.url, &tree, d)
+            })?;
+            casd.measure(&dir, casket, &tree, &casd_server, &|server, d| {
+                casd_roundtrip(&casd_client, &server.url, &tree, d)
+            })?;
         }
         bst1.rows(
             &mut rows,
