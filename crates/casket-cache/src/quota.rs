@@ -354,6 +354,14 @@ impl BlobStore for QuotaStore {
         self.store.find_missing(digests).await
     }
 
+    async fn stored_digest(
+        &self,
+        function: DigestFunction,
+        hash: &[u8; 32],
+    ) -> Result<Option<Digest>, StoreError> {
+        self.store.stored_digest(function, hash).await
+    }
+
     async fn read(&self, digest: &Digest, range: ReadRange) -> Result<Option<BlobStream>, StoreError> {
         self.store.read(digest, range).await
     }

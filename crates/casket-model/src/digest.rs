@@ -232,7 +232,7 @@ fn parse_hash(text: &str) -> Result<[u8; 32], DigestError> {
 }
 
 /// The lowercase hex digits of a hash.
-fn hex_digits(hash: &[u8; 32]) -> [u8; 64] {
+pub fn hex_digits(hash: &[u8; 32]) -> [u8; 64] {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = [0u8; 64];
     for (pair, byte) in out.chunks_exact_mut(2).zip(hash) {

@@ -117,6 +117,13 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
         self.find_missing(digests).await
     }
 
+    /// The digest of the stored blob whose hash is `hash`, whatever its size, or `Ok(None)`
+    /// if there is none: for protocols that name blobs by hash alone (the HTTP cache). Not a
+    /// use of the blob. Stores that cannot answer say `Unsupported`.
+    async fn stored_digest(&self, _function: DigestFunction, _hash: &[u8; 32]) -> Result<Option<Digest>> {
+        Err(StoreError::Unsupported("finding a blob by its hash alone"))
+    }
+
     /// Streams `range` of the blob, or `Ok(None)` if it is absent.
     async fn read(&self, digest: &Digest, range: ReadRange) -> Result<Option<BlobStream>>;
 
@@ -277,6 +284,18 @@ pub async fn hash_file(path: &Path, function: DigestFunction) -> Result<Digest> 
 }
 
 /// Streams an async reader in [`CHUNK_SIZE`] chunks.
+/// The key of a lookup by hash alone in stores keyed by function and hash: a digest of size 0
+/// (the store then reports the stored size).
+pub(crate) fn hash_key(function: DigestFunction, hash: &[u8; 32]) -> Digest {
+    Digest::new(function, *hash, 0).expect("size 0 fits the wire")
+}
+
+/// The empty blob's digest when `hash` is its hash: it is present in every store, stored or not.
+pub(crate) fn empty_blob_of(function: DigestFunction, hash: &[u8; 32]) -> Option<Digest> {
+    let empty = function.empty_digest();
+    (empty.hash() == hash).then_some(empty)
+}
+
 pub(crate) fn reader_stream<R: tokio::io::AsyncRead + Send + 'static>(
     reader: R,
     path: PathBuf,

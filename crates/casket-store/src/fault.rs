@@ -112,6 +112,17 @@ impl<S: BlobStore> BlobStore for FaultyStore<S> {
         Ok(Self::with_hidden(digests, missing, &hidden))
     }
 
+    async fn stored_digest(&self, function: DigestFunction, hash: &[u8; 32]) -> Result<Option<Digest>> {
+        let Some(digest) = self.inner.stored_digest(function, hash).await? else {
+            return Ok(None);
+        };
+        match self.fault(&digest) {
+            Some(Fault::Fail) => Err(injected(&digest)),
+            Some(Fault::Hide) => Ok(None),
+            None => Ok(Some(digest)),
+        }
+    }
+
     async fn read(&self, digest: &Digest, range: ReadRange) -> Result<Option<BlobStream>> {
         match self.fault(digest) {
             Some(Fault::Fail) => Err(injected(digest)),

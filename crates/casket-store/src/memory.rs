@@ -8,7 +8,7 @@ use bytes::{Bytes, BytesMut};
 use casket_model::{Digest, DigestFunction, DigestHasher};
 use futures::StreamExt;
 
-use crate::blob_store::{BlobStore, BlobStream, BlobWriter, ReadRange, Usage};
+use crate::blob_store::{BlobStore, BlobStream, BlobWriter, ReadRange, Usage, empty_blob_of};
 use crate::error::{Result, StoreError};
 
 type Key = (DigestFunction, [u8; 32]);
@@ -52,6 +52,14 @@ impl BlobStore for MemoryStore {
             })
             .copied()
             .collect())
+    }
+
+    async fn stored_digest(&self, function: DigestFunction, hash: &[u8; 32]) -> Result<Option<Digest>> {
+        let blobs = self.blobs.read().unwrap_or_else(PoisonError::into_inner);
+        Ok(match blobs.get(&(function, *hash)) {
+            Some(data) => Digest::new(function, *hash, data.len() as u64).ok(),
+            None => empty_blob_of(function, hash),
+        })
     }
 
     async fn read(&self, digest: &Digest, range: ReadRange) -> Result<Option<BlobStream>> {

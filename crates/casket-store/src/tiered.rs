@@ -169,6 +169,13 @@ impl BlobStore for TieredStore {
         self.far.find_missing_uncached(digests).await
     }
 
+    async fn stored_digest(&self, function: DigestFunction, hash: &[u8; 32]) -> Result<Option<Digest>> {
+        match self.near.stored_digest(function, hash).await? {
+            Some(digest) => Ok(Some(digest)),
+            None => self.far.stored_digest(function, hash).await,
+        }
+    }
+
     async fn read(&self, digest: &Digest, range: ReadRange) -> Result<Option<BlobStream>> {
         if let Some(stream) = self.near.read(digest, range).await? {
             return Ok(Some(stream));

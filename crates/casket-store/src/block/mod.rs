@@ -43,7 +43,9 @@ use futures::StreamExt;
 use self::index::{Index, Place};
 use self::log::Blocks;
 use self::record::{Header, Kind};
-use crate::blob_store::{BlobStore, BlobStream, BlobWriter, MAX_IN_MEMORY_BLOB, NewBlob, ReadRange, Usage};
+use crate::blob_store::{
+    BlobStore, BlobStream, BlobWriter, MAX_IN_MEMORY_BLOB, NewBlob, ReadRange, Usage, empty_blob_of, hash_key,
+};
 use crate::disk::{DiskOptions, DiskStore};
 use crate::error::{IoContext, Result, StoreError, blocking};
 
@@ -774,6 +776,13 @@ impl BlobStore for BlockStore {
             })
             .copied()
             .collect())
+    }
+
+    async fn stored_digest(&self, function: DigestFunction, hash: &[u8; 32]) -> Result<Option<Digest>> {
+        Ok(match self.inner.index.get(&hash_key(function, hash), None) {
+            Some(found) => Digest::new(function, *hash, found.size).ok(),
+            None => empty_blob_of(function, hash),
+        })
     }
 
     async fn read(&self, digest: &Digest, range: ReadRange) -> Result<Option<BlobStream>> {

@@ -22,6 +22,7 @@ use crate::{BlobStore, BlobStoreExt, NewBlob, ReadRange, StoreError};
 pub async fn run_all(store: &dyn BlobStore) {
     run_remote(store).await;
     wrong_size_reads_name_the_stored_size(store).await;
+    blobs_are_found_by_hash_alone(store).await;
     rewrites_leave_usage_unchanged(store).await;
     delete_removes(store).await;
     usage_is_exact(store).await;
@@ -272,6 +273,24 @@ pub async fn wrong_size_reads_name_the_stored_size(store: &dyn BlobStore) {
         matches!(err, StoreError::SizeMismatch { actual: 100, .. }),
         "{err}"
     );
+}
+
+/// A blob's hash alone finds its digest, small or large and for every function; the empty blob
+/// is found without being stored; a hash never stored is absent.
+pub async fn blobs_are_found_by_hash_alone(store: &dyn BlobStore) {
+    for function in DigestFunction::ALL {
+        for len in [100, 2 << 20] {
+            let digest = store.put_bytes(function, blob("by hash", len)).await.unwrap();
+            assert_eq!(
+                store.stored_digest(function, digest.hash()).await.unwrap(),
+                Some(digest)
+            );
+        }
+        let empty = function.empty_digest();
+        assert_eq!(store.stored_digest(function, empty.hash()).await.unwrap(), Some(empty));
+        let never = Digest::of(function, b"never stored by hash");
+        assert_eq!(store.stored_digest(function, never.hash()).await.unwrap(), None);
+    }
 }
 
 /// Writing a blob that is already there succeeds and changes nothing.

@@ -43,14 +43,15 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use casket_model::{Digest, DigestFunction};
+use casket_model::{Digest, DigestFunction, hex_digits};
 use futures::StreamExt;
 use tokio::io::AsyncReadExt;
 
 pub use maintenance::{ObjectInfo, ObjectScan};
 
 use crate::blob_store::{
-    BlobStore, BlobStream, BlobWriter, MAX_IN_MEMORY_BLOB, NewBlob, ReadRange, Usage, reader_stream,
+    BlobStore, BlobStream, BlobWriter, MAX_IN_MEMORY_BLOB, NewBlob, ReadRange, Usage, empty_blob_of,
+    reader_stream,
 };
 use crate::error::{IoContext, Result, StoreError, blocking};
 
@@ -274,8 +275,13 @@ impl DiskStore {
 
     /// The path of the object for `digest` (which may not exist).
     pub fn object_path(&self, digest: &Digest) -> PathBuf {
-        let hex = digest.hash_hex();
-        let mut path = self.objects_dir(digest.function());
+        self.hash_path(digest.function(), digest.hash())
+    }
+
+    /// The path of the object of `function` and `hash`, whatever its size.
+    fn hash_path(&self, function: DigestFunction, hash: &[u8; 32]) -> PathBuf {
+        let hex = String::from_utf8(hex_digits(hash).to_vec()).expect("hex digits are ASCII");
+        let mut path = self.objects_dir(function);
         path.push(&hex[..2]);
         path.push(&hex[2..]);
         path
@@ -314,34 +320,49 @@ impl DiskStore {
         Ok(Some(variant))
     }
 
-    /// The object's metadata if it is stored with the digest's size. Touches it when `touch`.
-    /// Whether the object is there with its size, touching it (`touch`) if it is stale. One
-    /// `statx` relative to the objects directory.
+    /// Whether the object is there with its size, touching it (`touch`) if it is stale.
     fn object_exists(&self, digest: &Digest, touch: bool) -> Result<bool> {
+        let Some(stat) = self.stat_object(digest.function(), digest.hash())? else {
+            return Ok(false);
+        };
+        if u64::try_from(stat.st_size) != Ok(digest.size()) {
+            return Ok(false);
+        }
+        let modified = u64::try_from(stat.st_mtime)
+            .ok()
+            .map(|secs| SystemTime::UNIX_EPOCH + Duration::new(secs, stat.st_mtime_nsec as u32));
+        if touch && self.stale(modified) {
+            let (dir, name) = self.object_name(digest.function(), digest.hash());
+            let name = std::str::from_utf8(&name).expect("hex digits and a slash");
+            self.touch_at(dir.as_fd(), name, &self.object_path(digest))?;
+        }
+        Ok(true)
+    }
+
+    /// The object of `function` and `hash`, whatever its size: one `statx` relative to the
+    /// objects directory.
+    fn stat_object(&self, function: DigestFunction, hash: &[u8; 32]) -> Result<Option<rustix::fs::Stat>> {
+        let (dir, name) = self.object_name(function, hash);
+        let name = std::str::from_utf8(&name).expect("hex digits and a slash");
+        match rustix::fs::statat(dir, name, rustix::fs::AtFlags::empty()) {
+            Ok(stat) => Ok(Some(stat)),
+            Err(rustix::io::Errno::NOENT) => Ok(None),
+            Err(e) => Err(io::Error::from(e)).io_context("stat", self.hash_path(function, hash)),
+        }
+    }
+
+    /// The objects directory of `function` and the object's name in it, `ab/cdef…`, built on
+    /// the stack: this runs once per blob of every FindMissingBlobs.
+    fn object_name(&self, function: DigestFunction, hash: &[u8; 32]) -> (&OwnedFd, [u8; 65]) {
         let index = DigestFunction::ALL
             .iter()
-            .position(|f| *f == digest.function())
+            .position(|f| *f == function)
             .unwrap_or_default();
-        let dir = &self.objects_dirs[index];
-        // `ab/cdef…`, built on the stack: this runs once per blob of every FindMissingBlobs.
-        let hex = digest.hash_hex_bytes();
+        let hex = hex_digits(hash);
         let mut name = [b'/'; 65];
         name[..2].copy_from_slice(&hex[..2]);
         name[3..].copy_from_slice(&hex[2..]);
-        let name = std::str::from_utf8(&name).expect("hex digits and a slash");
-        match rustix::fs::statat(dir, name, rustix::fs::AtFlags::empty()) {
-            Ok(stat) if u64::try_from(stat.st_size) == Ok(digest.size()) => {
-                let modified = u64::try_from(stat.st_mtime)
-                    .ok()
-                    .map(|secs| SystemTime::UNIX_EPOCH + Duration::new(secs, stat.st_mtime_nsec as u32));
-                if touch && self.stale(modified) {
-                    self.touch_at(dir.as_fd(), name, &self.object_path(digest))?;
-                }
-                Ok(true)
-            }
-            Ok(_) | Err(rustix::io::Errno::NOENT) => Ok(false),
-            Err(e) => Err(io::Error::from(e)).io_context("stat", self.object_path(digest)),
-        }
+        (&self.objects_dirs[index], name)
     }
 
     /// Whether an object last used at `modified` should be touched on this use.
@@ -436,6 +457,20 @@ impl BlobStore for DiskStore {
             blocking(move || store.find_missing_sync(&chunk))
         });
         Ok(futures::future::try_join_all(checks).await?.concat())
+    }
+
+    async fn stored_digest(&self, function: DigestFunction, hash: &[u8; 32]) -> Result<Option<Digest>> {
+        let (store, hash) = (self.clone(), *hash);
+        blocking(move || {
+            let Some(stat) = store.stat_object(function, &hash)? else {
+                return Ok(empty_blob_of(function, &hash));
+            };
+            // No file is longer than the wire's int64 allows.
+            Ok(u64::try_from(stat.st_size)
+                .ok()
+                .and_then(|size| Digest::new(function, hash, size).ok()))
+        })
+        .await
     }
 
     async fn read(&self, digest: &Digest, range: ReadRange) -> Result<Option<BlobStream>> {

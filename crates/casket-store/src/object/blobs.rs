@@ -25,7 +25,9 @@ use object_store::{
 };
 
 use super::existence::{ExistenceCache, ExistenceCacheOptions, ExistenceStats};
-use crate::blob_store::{BlobStore, BlobStream, BlobWriter, ListedBlob, NewBlob, ReadRange, Usage};
+use crate::blob_store::{
+    BlobStore, BlobStream, BlobWriter, ListedBlob, NewBlob, ReadRange, Usage, empty_blob_of, hash_key,
+};
 use crate::error::{Result, StoreError};
 
 /// Requests sent at once by one batch operation (existence checks, batched puts and gets).
@@ -330,6 +332,14 @@ impl BlobStore for ObjectStoreBlobs {
 
     async fn find_missing_uncached(&self, digests: &[Digest]) -> Result<Vec<Digest>> {
         self.ask_missing(digests).await
+    }
+
+    /// One `HEAD`.
+    async fn stored_digest(&self, function: DigestFunction, hash: &[u8; 32]) -> Result<Option<Digest>> {
+        Ok(match self.stored_size(&hash_key(function, hash)).await? {
+            Some(size) => Digest::new(function, *hash, size).ok(),
+            None => empty_blob_of(function, hash),
+        })
     }
 
     async fn read(&self, digest: &Digest, range: ReadRange) -> Result<Option<BlobStream>> {
