@@ -6,7 +6,7 @@
 use bytes::Bytes;
 use casket_model::proto::reapi;
 use casket_model::{Digest, DigestFunction, EntryName};
-use casket_store::{BlobStore, BlobStoreExt, action_key};
+use casket_store::{ActionId, BlobStore, BlobStoreExt};
 use casket_tree::Gaps;
 use prost::Message;
 
@@ -84,15 +84,15 @@ pub async fn references(
 /// `NotFound` saying why. Presence is asked of the store of record, past any existence cache
 /// (a hit whose outputs expired from a shared bucket must be a miss), and the check marks
 /// everything as used.
-pub async fn get_action_result(namespace: &Namespace, action: &Digest) -> Result<reapi::ActionResult> {
+pub async fn get_action_result(namespace: &Namespace, action: ActionId) -> Result<reapi::ActionResult> {
     let bytes = namespace
         .action_cache
-        .get(&action_key(action))
+        .get(&action.key())
         .await?
         .ok_or_else(|| CacheError::NotFound(format!("no result for action {action}")))?;
     let result = reapi::ActionResult::decode(bytes.as_ref())
         .map_err(|e| CacheError::Corrupt(format!("stored result for {action} is corrupt: {e}")))?;
-    let references = references(namespace.blobs.as_ref(), action.function(), &result).await?;
+    let references = references(namespace.blobs.as_ref(), action.function, &result).await?;
     if let Some(why) = references.unusable {
         return Err(CacheError::NotFound(format!(
             "result for action {action} is unusable: {why}"
@@ -112,13 +112,13 @@ pub async fn get_action_result(namespace: &Namespace, action: &Digest) -> Result
 /// relative and clean (clients write outputs where these paths say).
 pub async fn put_action_result(
     namespace: &Namespace,
-    action: &Digest,
+    action: ActionId,
     result: &reapi::ActionResult,
 ) -> Result<()> {
-    check_action_result(action.function(), result)?;
+    check_action_result(action.function, result)?;
     namespace
         .action_cache
-        .put(&action_key(action), Bytes::from(result.encode_to_vec()))
+        .put(&action.key(), Bytes::from(result.encode_to_vec()))
         .await?;
     Ok(())
 }

@@ -237,7 +237,7 @@ mod tests {
     use casket_store::fault::{Fault, FaultyStore};
     use casket_store::{
         BlobStore, BlobStoreExt, ExistenceCacheOptions, ObjectRecords, ObjectRefs, ObjectStoreBlobs,
-        action_key,
+        ActionId,
     };
 
     const DAY: Duration = Duration::from_secs(86400);
@@ -325,7 +325,7 @@ mod tests {
             ok(self
                 .namespace
                 .action_cache
-                .put(&action_key(&action), record)
+                .put(&ActionId::from(&action).key(), record)
                 .await);
         }
 

@@ -1,4 +1,4 @@
-//! Small named records: the server's REAPI action results (`ac/FUNCTION/HASH-SIZE`) and Remote
+//! Small named records: the server's REAPI action results (`ac/FUNCTION/HASH`) and Remote
 //! Asset entries (`assets/...`). [`RecordStore`] is what the server needs; [`DiskRecords`]
 //! keeps them as files under `ROOT/KIND/KEY` beside a disk store, replaced atomically, and
 //! `ObjectRecords` in an object store. The store keeps bytes; what they mean, and whether what
@@ -16,7 +16,7 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use casket_model::{Digest, EntryName};
+use casket_model::{Digest, DigestFunction, EntryName, hex_digits};
 
 use crate::disk::DiskStore;
 use crate::error::{IoContext, Result, StoreError, blocking};
@@ -51,9 +51,47 @@ pub trait RecordStore: Send + Sync + fmt::Debug {
     async fn list(&self) -> Result<Vec<RecordEntry>>;
 }
 
-/// The key of a REAPI action result: `FUNCTION/HASH-SIZE`.
-pub fn action_key(action: &Digest) -> String {
-    format!("{}/{}-{}", action.function(), action.hash_hex(), action.size())
+/// An action as the action cache knows it: its digest function and the hash of its `Action`
+/// message. The message's size is no part of it: the HTTP cache protocol names actions by hash
+/// alone, and one hash has one size.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ActionId {
+    /// The function that hashed the action.
+    pub function: DigestFunction,
+    /// The hash of the `Action` message.
+    pub hash: [u8; 32],
+}
+
+impl ActionId {
+    /// The key of its result in the action cache: `FUNCTION/HASH`.
+    pub fn key(&self) -> String {
+        let hex = hex_digits(&self.hash);
+        format!("{}/{}", self.function, std::str::from_utf8(&hex).expect("hex digits are ASCII"))
+    }
+}
+
+impl From<&Digest> for ActionId {
+    fn from(action: &Digest) -> Self {
+        ActionId {
+            function: action.function(),
+            hash: *action.hash(),
+        }
+    }
+}
+
+impl fmt::Display for ActionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.function != DigestFunction::Sha256 {
+            write!(f, "{}:", self.function)?;
+        }
+        f.write_str(std::str::from_utf8(&hex_digits(&self.hash)).map_err(|_| fmt::Error)?)
+    }
+}
+
+impl fmt::Debug for ActionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
 }
 
 /// Checks that `key` is `/`-separated valid entry names (no `..`, no NUL, not empty).
@@ -324,7 +362,7 @@ mod tests {
     async fn records_are_files_whose_emptied_directories_go() {
         let (_dir, store) = store();
         let cache = DiskRecords::new(&store, "ac");
-        let key = action_key(&Digest::of(DigestFunction::Sha256, b"action"));
+        let key = ActionId::from(&Digest::of(DigestFunction::Sha256, b"action")).key();
         cache.put(&key, Bytes::from_static(b"result")).await.expect("put");
         let file = store.root().join("ac").join(&key);
         assert_eq!(fs::read(&file).expect("the record's file"), b"result");
