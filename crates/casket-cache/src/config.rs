@@ -235,7 +235,8 @@ pub fn open_bucket(config: &S3Config) -> Result<Namespace, OpenError> {
         )),
         refs: Arc::new(ObjectRefs::new(store.clone(), prefix)),
         action_cache: Arc::new(ObjectRecords::new(store.clone(), prefix, "ac")),
-        assets: Arc::new(ObjectRecords::new(store, prefix, "assets")),
+        assets: Arc::new(ObjectRecords::new(store.clone(), prefix, "assets")),
+        entries: Arc::new(ObjectRecords::new(store, prefix, "entries")),
         quota: None,
         description: config.description(),
     })
@@ -315,7 +316,8 @@ pub async fn open_namespace(config: &StoreConfig, options: &OpenOptions) -> Resu
                 blobs: Arc::new(MemoryStore::new()),
                 refs: Arc::new(ObjectRefs::new(records.clone(), "")),
                 action_cache: Arc::new(ObjectRecords::new(records.clone(), "", "ac")),
-                assets: Arc::new(ObjectRecords::new(records, "", "assets")),
+                assets: Arc::new(ObjectRecords::new(records.clone(), "", "assets")),
+                entries: Arc::new(ObjectRecords::new(records, "", "entries")),
                 quota: None,
                 description: "memory".to_owned(),
             }

@@ -9,7 +9,8 @@
 //!   [`Namespaces`]: which instance name is served by which.
 //! * [`action`]: what an action result references (one function, used to decide a hit and to
 //!   keep its blobs through expiry), hits, and which results are accepted.
-//! * [`asset`]: Remote Asset entries by URI and qualifiers; [`refs`]: named trees.
+//! * [`asset`]: Remote Asset entries by URI and qualifiers; [`refs`]: named trees;
+//!   [`entries`]: opaque values under other tools' own keys (ccache, Gradle).
 //! * [`quota`]: a disk store's quota, served as the [`QuotaStore`] decorator.
 //! * [`retention`]: expiry of a shared bucket by reachability from its roots.
 //! * [`uploads`]: interrupted uploads kept for resumption, for an idle lifetime.
@@ -18,6 +19,7 @@
 pub mod action;
 pub mod asset;
 pub mod config;
+pub mod entries;
 mod error;
 mod namespace;
 pub mod quota;

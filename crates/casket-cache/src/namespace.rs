@@ -19,6 +19,8 @@ pub struct Namespace {
     pub action_cache: Arc<dyn RecordStore>,
     /// Remote Asset entries.
     pub assets: Arc<dyn RecordStore>,
+    /// Generic entries (`crate::entries`): blobs named by keys of other tools' own.
+    pub entries: Arc<dyn RecordStore>,
     /// The store's exact usage and limit: a disk store's quota, or a block store.
     pub quota: Option<Arc<dyn Capacity>>,
     /// What the store is, for messages and `/status` (its directory, for a disk store).
@@ -33,6 +35,7 @@ impl Namespace {
             refs: Arc::new(DiskRefs::new(store)),
             action_cache: Arc::new(DiskRecords::new(store, "ac")),
             assets: Arc::new(DiskRecords::new(store, "assets")),
+            entries: Arc::new(DiskRecords::new(store, "entries")),
             quota: None,
             description: store.root().display().to_string(),
         }

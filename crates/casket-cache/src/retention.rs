@@ -135,7 +135,12 @@ async fn mark_roots(
             marker.tree(&entry.digest).await?;
         }
     }
-    for (records, is_action) in [(&namespace.action_cache, true), (&namespace.assets, false)] {
+    let kinds = [
+        (&namespace.action_cache, Root::ActionResult),
+        (&namespace.assets, Root::Asset),
+        (&namespace.entries, Root::Entry),
+    ];
+    for (records, kind) in kinds {
         for entry in records.list().await? {
             if expired(entry.touched) {
                 report.roots_removed += 1;
@@ -148,10 +153,10 @@ async fn mark_roots(
             let Some(bytes) = records.peek(&entry.key).await? else {
                 continue;
             };
-            let readable = if is_action {
-                marker.action_result(&entry.key, &bytes).await?
-            } else {
-                marker.asset(&entry.key, &bytes).await?
+            let readable = match kind {
+                Root::ActionResult => marker.action_result(&entry.key, &bytes).await?,
+                Root::Asset => marker.asset(&entry.key, &bytes).await?,
+                Root::Entry => marker.entry(&bytes),
             };
             if !readable {
                 report.roots_unreadable += 1;
@@ -159,6 +164,14 @@ async fn mark_roots(
         }
     }
     Ok(())
+}
+
+/// The kinds of record that are roots.
+#[derive(Clone, Copy)]
+enum Root {
+    ActionResult,
+    Asset,
+    Entry,
 }
 
 /// The set of blobs reached so far.
@@ -211,6 +224,13 @@ impl<'a> Marker<'a> {
             Err(CacheError::Corrupt(_)) => Ok(false),
             Err(e) => Err(e),
         }
+    }
+
+    /// The blob a generic entry's record names; false if it names none.
+    fn entry(&mut self, record: &[u8]) -> bool {
+        let blob = crate::entries::parse_record(record);
+        self.reached.extend(blob);
+        blob.is_some()
     }
 
     /// The content and references of the asset record stored at `key`; false if it is not a
@@ -271,7 +291,8 @@ mod tests {
                 blobs: blobs.clone(),
                 refs: Arc::new(ObjectRefs::new(store.clone(), "")),
                 action_cache: Arc::new(ObjectRecords::new(store.clone(), "", "ac")),
-                assets: Arc::new(ObjectRecords::new(store, "", "assets")),
+                assets: Arc::new(ObjectRecords::new(store.clone(), "", "assets")),
+                entries: Arc::new(ObjectRecords::new(store, "", "entries")),
                 quota: None,
                 description: "test bucket".to_owned(),
             };
