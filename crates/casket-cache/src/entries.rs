@@ -28,7 +28,9 @@ pub async fn get_entry(namespace: &Namespace, key: &RefName) -> Result<Digest> {
     if !namespace.blobs.find_missing_uncached(&[blob]).await?.is_empty() {
         // Its blob expired: the record is of no use any more.
         namespace.entries.delete(key.as_str()).await?;
-        return Err(CacheError::NotFound(format!("entry {key}: its value {blob} has expired")));
+        return Err(CacheError::NotFound(format!(
+            "entry {key}: its value {blob} has expired"
+        )));
     }
     Ok(blob)
 }

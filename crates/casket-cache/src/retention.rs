@@ -256,8 +256,7 @@ mod tests {
     use casket_model::{Directory, EntryName, FileNode, Node, RefName};
     use casket_store::fault::{Fault, FaultyStore};
     use casket_store::{
-        BlobStore, BlobStoreExt, ExistenceCacheOptions, ObjectRecords, ObjectRefs, ObjectStoreBlobs,
-        ActionId,
+        ActionId, BlobStore, BlobStoreExt, ExistenceCacheOptions, ObjectRecords, ObjectRefs, ObjectStoreBlobs,
     };
 
     const DAY: Duration = Duration::from_secs(86400);

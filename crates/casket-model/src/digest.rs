@@ -213,7 +213,8 @@ const HEX_VALUES: [u8; 256] = {
 /// A value with a bit above the low nibble: no hex digit has it.
 const NOT_HEX: u8 = 0x10;
 
-fn parse_hash(text: &str) -> Result<[u8; 32], DigestError> {
+/// Parses a hash written as 64 lowercase hex digits (nothing else is accepted).
+pub fn parse_hash(text: &str) -> Result<[u8; 32], DigestError> {
     // Lowercase only, without a branch per digit (a FindMissingBlobs of 10,000 digests spent
     // a third of its time here): bad digits are collected and checked once at the end.
     let invalid = || DigestError::Hash(text.to_owned());

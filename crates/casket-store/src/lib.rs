@@ -38,6 +38,6 @@ pub use object::{
     ExistenceCacheOptions, ExistenceStats, ObjectRecords, ObjectRefs, ObjectStoreBlobs, S3Options,
     TOUCH_INTERVAL,
 };
-pub use records::{DiskRecords, RecordEntry, RecordStore, ActionId};
+pub use records::{ActionId, DiskRecords, RecordEntry, RecordStore};
 pub use refs::{CorruptRef, DiskRefs, RefEntry, RefScan, RefStore};
 pub use tiered::{SpaceBudget, SpaceHold, TieredStore};

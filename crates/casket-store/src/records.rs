@@ -66,7 +66,11 @@ impl ActionId {
     /// The key of its result in the action cache: `FUNCTION/HASH`.
     pub fn key(&self) -> String {
         let hex = hex_digits(&self.hash);
-        format!("{}/{}", self.function, std::str::from_utf8(&hex).expect("hex digits are ASCII"))
+        format!(
+            "{}/{}",
+            self.function,
+            std::str::from_utf8(&hex).expect("hex digits are ASCII")
+        )
     }
 }
 

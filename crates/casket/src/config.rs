@@ -10,6 +10,7 @@
 //! grace = "10m"                   # never evict what was used this recently
 //! remote_asset = true
 //! monitoring_listen = "127.0.0.1:9090"
+//! http_listen = "0.0.0.0:8080"    # the HTTP cache protocol (Bazel's HTTP cache, ccache, Gradle)
 //! max_batch_size = "4M"           # advertised batch limit (at most 8M)
 //! disabled_methods = ["ContentAddressableStorage/GetTree"]
 //! upload_lifetime = "10m"        # interrupted uploads kept this long for resumption
@@ -82,6 +83,8 @@ pub struct ServeConfig {
     pub remote_asset: Option<bool>,
     /// Address of the `/metrics` and `/status` HTTP port.
     pub monitoring_listen: Option<SocketAddr>,
+    /// Address of the HTTP cache protocol's listener.
+    pub http_listen: Option<SocketAddr>,
     /// The batch limit advertised to clients, e.g. `"4M"`.
     #[serde(default, deserialize_with = "size")]
     pub max_batch_size: Option<u64>,

@@ -131,9 +131,7 @@ impl AccessPolicy {
                 .and_then(|v| v.strip_prefix("Bearer "))
                 .ok_or_else(|| Status::unauthenticated("the authorization header is not `Bearer TOKEN`"))?;
             return self
-                .tokens
-                .get(&token_key(token.trim()))
-                .copied()
+                .token_rights(token.trim())
                 .ok_or_else(|| Status::unauthenticated("unknown bearer token"));
         }
         let verified_certificate = request
@@ -141,11 +139,21 @@ impl AccessPolicy {
             .get::<TlsConnectInfo<TcpConnectInfo>>()
             .and_then(TlsConnectInfo::peer_certs)
             .is_some_and(|certs| !certs.is_empty());
-        Ok(if verified_certificate {
+        Ok(self.without_token(verified_certificate))
+    }
+
+    /// The rights of a caller presenting `token`, or `None` for a token this policy does not know.
+    pub(crate) fn token_rights(&self, token: &str) -> Option<Access> {
+        self.tokens.get(&token_key(token)).copied()
+    }
+
+    /// The rights of a caller without a token, with or without a verified client certificate.
+    pub(crate) fn without_token(&self, verified_certificate: bool) -> Access {
+        if verified_certificate {
             self.client_certificate.max(self.anonymous)
         } else {
             self.anonymous
-        })
+        }
     }
 }
 

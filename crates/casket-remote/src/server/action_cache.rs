@@ -36,7 +36,9 @@ impl reapi::action_cache_server::ActionCache for ActionCache {
         let action = digest_function(request.digest_function)
             .and_then(|function| digest(function, request.action_digest.as_ref()))
             .map_err(from_cache)?;
-        let found = get_action_result(&namespace, (&action).into()).await.map_err(from_cache);
+        let found = get_action_result(&namespace, (&action).into())
+            .await
+            .map_err(from_cache);
         self.shared.metrics.lookups(
             Lookup::ActionResult,
             u64::from(found.is_ok()),
@@ -56,9 +58,13 @@ impl reapi::action_cache_server::ActionCache for ActionCache {
         let result = request
             .action_result
             .ok_or_else(|| Status::invalid_argument("an action result is required"))?;
-        put_action_result(&*self.shared.namespace(&request.instance_name)?, (&action).into(), &result)
-            .await
-            .map_err(from_cache)?;
+        put_action_result(
+            &*self.shared.namespace(&request.instance_name)?,
+            (&action).into(),
+            &result,
+        )
+        .await
+        .map_err(from_cache)?;
         Ok(Response::new(result))
     }
 }

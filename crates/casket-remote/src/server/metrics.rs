@@ -33,9 +33,17 @@ pub(crate) enum Lookup {
     Asset,
     /// A BuildStream ref.
     Ref,
+    /// A generic entry (HTTP `kv/`).
+    Entry,
 }
 
-const LOOKUPS: [Lookup; 4] = [Lookup::Blob, Lookup::ActionResult, Lookup::Asset, Lookup::Ref];
+const LOOKUPS: [Lookup; 5] = [
+    Lookup::Blob,
+    Lookup::ActionResult,
+    Lookup::Asset,
+    Lookup::Ref,
+    Lookup::Entry,
+];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -119,10 +127,10 @@ impl Metrics {
         let r = &mut metrics.registry;
         r.register(
             "requests",
-            "gRPC requests by method and status code",
+            "Requests by method and status code (gRPC code names, HTTP status numbers)",
             metrics.requests.clone(),
         );
-        r.register("request_seconds", "gRPC request latency", metrics.latency.clone());
+        r.register("request_seconds", "Request latency", metrics.latency.clone());
         r.register(
             "received_bytes",
             "Request body bytes by method",
@@ -225,6 +233,31 @@ impl Metrics {
     }
 
     fn finished(&self, request: &RequestLog, code: Code, sent: u64) {
+        let outcome = match code {
+            Code::Ok | Code::NotFound => Outcome::Answered,
+            Code::Internal | Code::DataLoss | Code::Unknown => Outcome::Failed,
+            _ => Outcome::Refused,
+        };
+        self.record(request, &format!("{code:?}"), outcome, sent);
+    }
+
+    /// Records an HTTP cache request (`method` such as `HTTP GET cas`) answered with `status`,
+    /// having received `received` bytes and sent `sent`.
+    pub(crate) fn http_finished(&self, request: &RequestLog, status: u16, received: u64, sent: u64) {
+        let outcome = match status {
+            200..=399 | 404 => Outcome::Answered,
+            500.. => Outcome::Failed,
+            _ => Outcome::Refused,
+        };
+        self.received_bytes
+            .get_or_create(&MethodLabels {
+                method: request.method.clone(),
+            })
+            .inc_by(received);
+        self.record(request, &status.to_string(), outcome, sent);
+    }
+
+    fn record(&self, request: &RequestLog, code: &str, outcome: Outcome, sent: u64) {
         let method = MethodLabels {
             method: request.method.clone(),
         };
@@ -232,7 +265,7 @@ impl Metrics {
         self.requests
             .get_or_create(&RequestLabels {
                 method: request.method.clone(),
-                code: format!("{code:?}"),
+                code: code.to_owned(),
             })
             .inc();
         self.latency.get_or_create(&method).observe(seconds);
@@ -241,15 +274,15 @@ impl Metrics {
         let ms = seconds * 1000.0;
         let method = request.method.as_str();
         let client = request.client.as_str();
-        match code {
-            Code::Ok | Code::NotFound => tracing::debug!(method, ?code, ms, sent, client, "request"),
-            Code::Internal | Code::DataLoss | Code::Unknown => {
+        match outcome {
+            Outcome::Answered => tracing::debug!(method, code, ms, sent, client, "request"),
+            Outcome::Failed => {
                 self.totals.errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(method, ?code, ms, sent, client, "request failed");
+                tracing::warn!(method, code, ms, sent, client, "request failed");
             }
-            _ => {
+            Outcome::Refused => {
                 self.totals.errors.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(method, ?code, ms, sent, client, "request refused");
+                tracing::info!(method, code, ms, sent, client, "request refused");
             }
         }
     }
@@ -320,12 +353,25 @@ pub(crate) struct MetricsService<S> {
 
 /// One request being answered.
 #[derive(Debug)]
-struct RequestLog {
-    method: String,
-    start: Instant,
-    /// Who asked, from REAPI's `RequestMetadata` header (Bazel sends it): tool, mnemonic and
-    /// target, or empty.
-    client: String,
+pub(crate) struct RequestLog {
+    /// The method's label.
+    pub(crate) method: String,
+    /// When it arrived.
+    pub(crate) start: Instant,
+    /// Who asked: from REAPI's `RequestMetadata` header (Bazel sends it) its tool, mnemonic and
+    /// target; over HTTP, the user agent; or empty.
+    pub(crate) client: String,
+}
+
+/// How a request ended, for the error total and the log level.
+#[derive(Clone, Copy)]
+enum Outcome {
+    /// Answered, a miss included.
+    Answered,
+    /// Refused: bad input, no rights, no room.
+    Refused,
+    /// The server failed.
+    Failed,
 }
 
 /// The REAPI request-metadata header.

@@ -5,14 +5,14 @@
 //! expiry) lives in the cache layer. Limits are constants here, so that Capabilities advertises
 //! exactly what the server enforces, and `limits.rs` answers over-size messages as REAPI says.
 
-mod access;
+pub(crate) mod access;
 mod action_cache;
 mod asset;
 mod bytestream;
 mod capabilities;
 mod cas;
 mod limits;
-mod metrics;
+pub(crate) mod metrics;
 mod monitoring;
 mod reference;
 

@@ -287,7 +287,10 @@ pub async fn blobs_are_found_by_hash_alone(store: &dyn BlobStore) {
             );
         }
         let empty = function.empty_digest();
-        assert_eq!(store.stored_digest(function, empty.hash()).await.unwrap(), Some(empty));
+        assert_eq!(
+            store.stored_digest(function, empty.hash()).await.unwrap(),
+            Some(empty)
+        );
         let never = Digest::of(function, b"never stored by hash");
         assert_eq!(store.stored_digest(function, never.hash()).await.unwrap(), None);
     }

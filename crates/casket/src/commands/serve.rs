@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use casket_cache::config::{OpenOptions, StoreConfig, open_namespace};
 use casket_cache::{Namespaces, QuotaOptions};
+use casket_remote::http_cache::HttpCacheServer;
 use casket_remote::server::{
     Access, AccessPolicy, MAX_BATCH_BYTES, Metrics, ServerOptions, TlsOptions, UPLOAD_LIFETIME, bind,
     serve as run_server, serve_monitoring,
@@ -59,6 +60,10 @@ pub struct ServeArgs {
     /// Serve Prometheus `/metrics` and a `/status` page over HTTP on this address.
     #[arg(long, env = "CASKET_MONITORING_LISTEN", value_name = "ADDR")]
     monitoring_listen: Option<SocketAddr>,
+    /// Serve the HTTP cache protocol on this address too: `/cas/HASH` and `/ac/HASH` (Bazel's
+    /// --remote_cache=http://…), and `/kv/KEY` for ccache, Gradle and other tools' own keys.
+    #[arg(long, env = "CASKET_HTTP_LISTEN", value_name = "ADDR")]
+    http_listen: Option<SocketAddr>,
     /// Do not offer the Remote Asset API (BuildStream 1 then falls back to ReferenceStorage).
     #[arg(long)]
     no_remote_asset: bool,
@@ -81,6 +86,7 @@ struct Settings {
     options: ServerOptions,
     quota: QuotaOptions,
     monitoring_listen: Option<SocketAddr>,
+    http_listen: Option<SocketAddr>,
     instances: Vec<(String, StoreConfig)>,
 }
 
@@ -156,6 +162,7 @@ impl Settings {
                 ..QuotaOptions::default()
             },
             monitoring_listen: args.monitoring_listen.or(config.monitoring_listen),
+            http_listen: args.http_listen.or(config.http_listen),
             instances: config
                 .instances
                 .into_iter()
@@ -239,6 +246,22 @@ pub async fn serve(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode>
         }
         None => None,
     };
+    let http = match settings.http_listen {
+        Some(addr) => {
+            let listener = bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            description.push(format!("HTTP cache on {}", listener.local_addr()?));
+            let server = HttpCacheServer::new(
+                namespaces.clone(),
+                settings.options.access.clone(),
+                settings.options.tls.as_ref(),
+                metrics.clone(),
+            )?;
+            Some(tokio::spawn(server.serve(listener, until_stopped())))
+        }
+        None => None,
+    };
     eprintln!(
         "casket: serving {serving} on {address} ({})",
         description.join(", ")
@@ -251,6 +274,10 @@ pub async fn serve(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode>
     signals.abort();
     if let Some(monitoring) = monitoring {
         monitoring.abort();
+    }
+    if let Some(http) = http {
+        // It stops on the same signal; in-flight requests get a few seconds.
+        http.await.context("HTTP cache server failed")?;
     }
     served.context("server failed")?;
     eprintln!("casket: stopped");
