@@ -91,14 +91,23 @@ impl Serve {
         Serve::spawn(cmd)
     }
 
-    /// The monitoring port's address, from the banner (`… monitoring on ADDR)`).
+    /// The monitoring port's address, from the banner (`… monitoring on ADDR…`).
     pub(crate) fn monitoring(&self) -> String {
-        self.banner
-            .rsplit("monitoring on ")
-            .next()
-            .unwrap()
-            .trim_end_matches(')')
-            .to_owned()
+        self.banner_address("monitoring on ")
+    }
+
+    /// The HTTP cache's URL, from the banner (`… HTTP cache on ADDR…`).
+    pub(crate) fn http_url(&self) -> String {
+        format!("http://{}", self.banner_address("HTTP cache on "))
+    }
+
+    /// The address the banner gives after `label`.
+    fn banner_address(&self, label: &str) -> String {
+        let (_, rest) = self
+            .banner
+            .split_once(label)
+            .unwrap_or_else(|| panic!("no {label:?} in {:?}", self.banner));
+        rest.split([',', ')']).next().unwrap().to_owned()
     }
 
     /// Runs `cmd` (a `casket serve` command line) and waits until it listens.
