@@ -2,7 +2,7 @@
 //! not known before the body has been read), and downloads, ranged or zstd-compressed.
 //!
 //! Nothing here holds a large blob whole: a spooled upload past [`SPOOL_IN_MEMORY`] goes to an
-//! unnamed temporary file. An upload that stops sending for [`super::BODY_IDLE_TIMEOUT`], ends
+//! unnamed temporary file. An upload that stops sending for the idle limit, ends
 //! early, runs past its declared size or does not hash to its name stores nothing.
 
 use std::io::SeekFrom;
@@ -14,7 +14,8 @@ use casket_store::{BlobStore, NewBlob, StoreError};
 use futures::{Stream, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
-use super::BODY_IDLE_TIMEOUT;
+use std::time::Duration;
+
 use crate::compression::{CompressionError, ZstdDecoder};
 
 /// The most of a spooled upload kept in memory; the rest goes to a temporary file.
@@ -30,8 +31,8 @@ pub(crate) enum UploadError {
     #[error("the request body could not be read: {0}")]
     Body(String),
     /// No byte came for too long.
-    #[error("no body data for {} s: upload abandoned", BODY_IDLE_TIMEOUT.as_secs())]
-    Idle,
+    #[error("no body data for {0:?}: upload abandoned")]
+    Idle(Duration),
     /// More bytes than the size the request declared.
     #[error("the body is longer than the declared {0} bytes")]
     TooLong(u64),
@@ -65,24 +66,27 @@ pub(crate) enum UploadError {
     Store(#[from] StoreError),
 }
 
-/// The request body's chunks, each awaited at most [`BODY_IDLE_TIMEOUT`].
-struct Chunks {
+/// A request body's chunks, each awaited at most an idle limit.
+pub(crate) struct Chunks {
     inner: axum::body::BodyDataStream,
+    idle: Duration,
     /// Bytes read so far.
     read: u64,
 }
 
 impl Chunks {
-    fn new(body: Body) -> Self {
+    /// The chunks of `body`, abandoned after `idle` without one.
+    pub(crate) fn new(body: Body, idle: Duration) -> Self {
         Chunks {
             inner: body.into_data_stream(),
+            idle,
             read: 0,
         }
     }
 
     async fn next(&mut self) -> Result<Option<Bytes>, UploadError> {
-        match tokio::time::timeout(BODY_IDLE_TIMEOUT, self.inner.next()).await {
-            Err(_) => Err(UploadError::Idle),
+        match tokio::time::timeout(self.idle, self.inner.next()).await {
+            Err(_) => Err(UploadError::Idle(self.idle)),
             Ok(None) => Ok(None),
             Ok(Some(Err(e))) => Err(UploadError::Body(e.to_string())),
             Ok(Some(Ok(chunk))) => {
@@ -93,15 +97,14 @@ impl Chunks {
     }
 }
 
-/// Streams `body`, which must be exactly `digest`'s bytes, into a verified write. Returns the
+/// Streams `chunks`, which must be exactly `digest`'s bytes, into a verified write. Returns the
 /// bytes read from the client.
 pub(crate) async fn write_exact(
     store: &dyn BlobStore,
     digest: &Digest,
-    body: Body,
+    mut chunks: Chunks,
 ) -> Result<u64, UploadError> {
     let mut writer = store.begin_write(digest).await?;
-    let mut chunks = Chunks::new(body);
     while let Some(chunk) = chunks.next().await? {
         if writer.written() + chunk.len() as u64 > digest.size() {
             return Err(UploadError::TooLong(digest.size()));
@@ -139,15 +142,14 @@ enum Content {
 }
 
 impl Spooled {
-    /// Reads `body`, decompressing it first when `zstd`, refusing more than `limit` bytes of
-    /// content.
+    /// Reads `chunks`, decompressing them first when `zstd`, refusing more than `limit` bytes
+    /// of content.
     pub(crate) async fn read(
-        body: Body,
+        mut chunks: Chunks,
         function: DigestFunction,
         zstd: bool,
         limit: u64,
     ) -> Result<Spooled, UploadError> {
-        let mut chunks = Chunks::new(body);
         let mut decoder = zstd.then(|| ZstdDecoder::new(limit)).transpose()?;
         let mut spool = Spool {
             hasher: DigestHasher::new(function),
@@ -390,21 +392,29 @@ mod tests {
         assert!(!accepts_zstd(None));
     }
 
+    fn chunks(body: Body) -> Chunks {
+        Chunks::new(body, Duration::from_secs(5))
+    }
+
     #[tokio::test]
     async fn large_uploads_spool_to_a_file_and_store_verified() {
         let store = casket_store::MemoryStore::new();
         let data: Vec<u8> = (0..3 * SPOOL_IN_MEMORY).map(|i| (i % 251) as u8).collect();
-        let body = Body::from(data.clone());
-        let spooled = Spooled::read(body, DigestFunction::Sha256, false, u64::MAX)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let spooled = Spooled::read(
+            chunks(Body::from(data.clone())),
+            DigestFunction::Sha256,
+            false,
+            u64::MAX,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
         assert!(matches!(spooled.content, Content::File(_)));
         let digest = spooled.digest;
         assert_eq!(digest, Digest::of(DigestFunction::Sha256, &data));
         spooled.store(&store).await.unwrap_or_else(|e| panic!("{e}"));
         assert!(store.find_missing(&[digest]).await.unwrap_or_default().is_empty());
 
-        let too_large = Spooled::read(Body::from(data), DigestFunction::Sha256, false, 1000).await;
+        let too_large = Spooled::read(chunks(Body::from(data)), DigestFunction::Sha256, false, 1000).await;
         assert!(matches!(too_large, Err(UploadError::TooLarge(1000))));
     }
 }

@@ -23,7 +23,7 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use prost::Message;
 
 use super::auth::{self, Refused};
-use super::body::{self, Range, Spooled, UploadError, accepts_zstd, parse_range, write_exact};
+use super::body::{self, Chunks, Range, Spooled, UploadError, accepts_zstd, parse_range, write_exact};
 use super::path::{Target, parse_target};
 use super::{Connection, State};
 use crate::server::Access;
@@ -86,7 +86,7 @@ impl From<UploadError> for HttpError {
     fn from(e: UploadError) -> Self {
         let status = match &e {
             UploadError::Store(store) => return from_store(store, e.to_string()),
-            UploadError::Idle => StatusCode::REQUEST_TIMEOUT,
+            UploadError::Idle(_) => StatusCode::REQUEST_TIMEOUT,
             UploadError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             UploadError::Spool(_) => StatusCode::INTERNAL_SERVER_ERROR,
             UploadError::Body(_)
@@ -237,6 +237,7 @@ async fn answer(
         )
     })?;
     let metrics = &state.metrics;
+    let chunks = Chunks::new(body, state.limits.body_idle_timeout);
     match (&parts.method, target) {
         (&Method::GET | &Method::HEAD, Target::Cas { function, hash, .. }) => {
             let found = namespace.blobs.stored_digest(function, &hash).await?;
@@ -256,10 +257,10 @@ async fn answer(
                     let digest = Digest::new(function, hash, size)
                         .map_err(|e| HttpError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
                     check_size(&namespace, size)?;
-                    write_exact(namespace.blobs.as_ref(), &digest, body).await?
+                    write_exact(namespace.blobs.as_ref(), &digest, chunks).await?
                 }
                 (_, zstd) => {
-                    let spooled = Spooled::read(body, function, zstd, spool_limit(&namespace)).await?;
+                    let spooled = Spooled::read(chunks, function, zstd, spool_limit(&namespace)).await?;
                     if spooled.digest.hash() != &hash {
                         return Err(UploadError::Mismatch {
                             expected: Digest::new(function, hash, spooled.digest.size())
@@ -291,7 +292,7 @@ async fn answer(
                 return Err(UploadError::TooLarge(MAX_ACTION_RESULT_BYTES).into());
             }
             let zstd = zstd_upload(&parts.headers)?;
-            let spooled = Spooled::read(body, action.function, zstd, MAX_ACTION_RESULT_BYTES).await?;
+            let spooled = Spooled::read(chunks, action.function, zstd, MAX_ACTION_RESULT_BYTES).await?;
             let received = spooled.received;
             let bytes = spooled.into_bytes().await?;
             let result = reapi::ActionResult::decode(bytes).map_err(|e| {
@@ -311,7 +312,7 @@ async fn answer(
         (&Method::PUT, Target::Entry { key, .. }) => {
             let function = casket_model::DigestFunction::Blake3;
             let zstd = zstd_upload(&parts.headers)?;
-            let spooled = Spooled::read(body, function, zstd, spool_limit(&namespace)).await?;
+            let spooled = Spooled::read(chunks, function, zstd, spool_limit(&namespace)).await?;
             let (digest, received) = (spooled.digest, spooled.received);
             spooled.store(namespace.blobs.as_ref()).await?;
             put_entry(&namespace, &key, &digest).await?;

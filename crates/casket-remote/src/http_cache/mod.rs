@@ -33,11 +33,23 @@ use crate::server::{AccessPolicy, Metrics, TlsOptions};
 /// Most bytes of a request's head (request line and headers); a larger one is answered 431.
 pub const MAX_HEADER_BYTES: usize = 64 << 10;
 
-/// How long a client may take to send a request's head, or a TLS handshake.
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long clients may be slow.
+#[derive(Clone, Copy, Debug)]
+pub struct HttpLimits {
+    /// How long a client may take to send a request's head, or a TLS handshake.
+    pub header_timeout: Duration,
+    /// How long an upload may go without a byte before it is abandoned (nothing is stored).
+    pub body_idle_timeout: Duration,
+}
 
-/// How long an upload may go without a byte before it is abandoned (nothing is stored).
-pub const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            header_timeout: Duration::from_secs(30),
+            body_idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
 
 /// How long in-flight requests get to finish once the server is asked to stop.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -55,6 +67,7 @@ pub(crate) struct State {
     namespaces: Arc<Namespaces>,
     access: AccessPolicy,
     metrics: Arc<Metrics>,
+    limits: HttpLimits,
 }
 
 /// What is known of a request's connection.
@@ -70,6 +83,7 @@ pub(crate) struct Connection {
 pub struct HttpCacheServer {
     app: Router,
     acceptor: Option<TlsAcceptor>,
+    limits: HttpLimits,
 }
 
 impl HttpCacheServer {
@@ -79,29 +93,36 @@ impl HttpCacheServer {
         access: AccessPolicy,
         tls: Option<&TlsOptions>,
         metrics: Arc<Metrics>,
+        limits: HttpLimits,
     ) -> Result<Self, HttpServeError> {
+        let state = State {
+            namespaces,
+            access,
+            metrics,
+            limits,
+        };
         Ok(HttpCacheServer {
             acceptor: tls.map(tls_acceptor).transpose()?,
             app: Router::new()
                 .fallback(handlers::handle)
-                .with_state(Arc::new(State {
-                    namespaces,
-                    access,
-                    metrics,
-                })),
+                .with_state(Arc::new(state)),
+            limits,
         })
     }
 
     /// Serves on `listener` until `shutdown` completes, then gives requests in flight a few
     /// seconds. Failed accepts are logged and retried.
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) {
-        serve(self.app, self.acceptor, listener, shutdown).await;
+        serve(self, listener, shutdown).await;
     }
 }
 
 async fn serve(
-    app: Router,
-    acceptor: Option<TlsAcceptor>,
+    HttpCacheServer {
+        app,
+        acceptor,
+        limits,
+    }: HttpCacheServer,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) {
@@ -129,10 +150,10 @@ async fn serve(
                     peer,
                     verified_certificate: false,
                 };
-                serve_connection(stream, app, connection, watcher).await;
+                serve_connection(stream, app, connection, limits, watcher).await;
                 return;
             };
-            match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await {
+            match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await {
                 Ok(Ok(stream)) => {
                     let verified_certificate = stream
                         .get_ref()
@@ -143,7 +164,7 @@ async fn serve(
                         peer,
                         verified_certificate,
                     };
-                    serve_connection(stream, app, connection, watcher).await;
+                    serve_connection(stream, app, connection, limits, watcher).await;
                 }
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -157,6 +178,7 @@ async fn serve_connection<S>(
     stream: S,
     app: Router,
     connection: Connection,
+    limits: HttpLimits,
     watcher: hyper_util::server::graceful::Watcher,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -167,8 +189,8 @@ async fn serve_connection<S>(
     });
     let served = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
-        .max_buf_size(MAX_HEADER_BYTES)
+        .header_read_timeout(limits.header_timeout)
+        .max_header_size(MAX_HEADER_BYTES)
         .serve_connection(TokioIo::new(stream), service);
     if let Err(e) = watcher.watch(served).await {
         tracing::debug!(peer = %connection.peer, error = %e, "HTTP connection ended");

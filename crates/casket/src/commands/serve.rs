@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use casket_cache::config::{OpenOptions, StoreConfig, open_namespace};
 use casket_cache::{Namespaces, QuotaOptions};
-use casket_remote::http_cache::HttpCacheServer;
+use casket_remote::http_cache::{HttpCacheServer, HttpLimits};
 use casket_remote::server::{
     Access, AccessPolicy, MAX_BATCH_BYTES, Metrics, ServerOptions, TlsOptions, UPLOAD_LIFETIME, bind,
     serve as run_server, serve_monitoring,
@@ -257,6 +257,7 @@ pub async fn serve(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode>
                 settings.options.access.clone(),
                 settings.options.tls.as_ref(),
                 metrics.clone(),
+                HttpLimits::default(),
             )?;
             Some(tokio::spawn(server.serve(listener, until_stopped())))
         }
