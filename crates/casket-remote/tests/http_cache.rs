@@ -191,7 +191,7 @@ async fn what_one_protocol_stores_the_other_serves() {
         .batch_update_blobs(reapi::BatchUpdateBlobsRequest {
             requests: vec![reapi::batch_update_blobs_request::Request {
                 digest: Some(output_digest.to_proto()),
-                data: output.clone().into(),
+                data: output.clone(),
                 ..Default::default()
             }],
             ..Default::default()

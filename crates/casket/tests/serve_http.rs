@@ -1,6 +1,7 @@
 //! Tools that are not REAPI clients on `casket serve --http-listen`: ccache from Debian
 //! compiles a small C project through casket's generic entries, once per layout ccache
-//! offers; after its local cache is wiped, the second compilation is all remote hits.
+//! offers; after its local cache is wiped, the second compilation is all remote hits. And the
+//! status page, after that traffic and a gRPC push, in headless Chromium.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -10,9 +11,10 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use support::{Serve, ok, peer_available};
+use support::{Serve, casket, ok, peer_available};
 
 const CCACHE: &str = "/usr/bin/ccache";
+const CHROMIUM: &str = "/usr/bin/chromium";
 
 /// Why ccache cannot be used here, if it cannot.
 fn ccache() -> Option<String> {
@@ -133,4 +135,113 @@ fn ccache_hits_casket_after_its_local_cache_is_wiped_in_every_layout() {
         !dir.path().join("store/ac").exists(),
         "ccache's values were stored as action results"
     );
+}
+
+/// Why headless Chromium cannot be used here, if it cannot.
+fn chromium() -> Option<String> {
+    match Command::new(CHROMIUM).arg("--version").output() {
+        Ok(out) if out.status.success() => None,
+        Ok(out) => Some(format!(
+            "{CHROMIUM} --version failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )),
+        Err(e) => Some(format!("{CHROMIUM}: {e} (apt-get install chromium)")),
+    }
+}
+
+/// `chromium --headless` on `url` with `args`; returns stdout and stderr.
+fn headless(url: &str, profile: &Path, args: &[&str]) -> (String, String) {
+    let out = Command::new(CHROMIUM)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--hide-scrollbars",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(["--enable-logging=stderr", "--v=0", "--window-size=1366,1000"])
+        .args(args)
+        .arg(url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The status page after real traffic over both protocols, rendered by Chromium: it shows a
+/// hit ratio and each tool, and its script ran without a console error. With
+/// `CASKET_STATUS_SCREENSHOT=PATH` the screenshot is also copied there (docs/status-page.png).
+#[test]
+fn the_status_page_shows_real_traffic_in_chromium() {
+    if !peer_available("chromium", chromium()) || !peer_available("ccache", ccache()) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = Serve::start(
+        &dir.path().join("store"),
+        &[
+            "--allow-push",
+            "--quota",
+            "1G",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--monitoring-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let project = dir.path().join("src");
+    let units = write_project(&project);
+    let remote = format!("{}/kv/ccache|layout=subdirs", server.http_url());
+    compile(&project, &units, &dir.path().join("cache-1"), &remote);
+    compile(&project, &units, &dir.path().join("cache-2"), &remote);
+    ok(casket(&dir.path().join("client")).args(["push", project.to_str().unwrap(), "--remote", &server.url]));
+
+    let page = format!("http://{}/", server.monitoring());
+    let profile = dir.path().join("chromium");
+    let (dom, console) = headless(&page, &profile, &["--dump-dom"]);
+    assert!(
+        dom.contains("data-rendered=\"yes\""),
+        "the page's script did not finish:\n{dom}"
+    );
+    let errors: Vec<&str> = console
+        .lines()
+        .filter(|l| l.contains("CONSOLE") || l.contains("Uncaught"))
+        .collect();
+    assert!(errors.is_empty(), "console messages:\n{}", errors.join("\n"));
+    let hit_ratio = dom
+        .split("Hit ratio, last hour</div><div class=\"value")
+        .nth(1)
+        .and_then(|rest| rest.split_once('>'))
+        .and_then(|(_, rest)| rest.split_once('<'))
+        .map(|(value, _)| value.to_owned())
+        .unwrap_or_else(|| panic!("no hit ratio on the page:\n{dom}"));
+    // Six misses on the first compilation, six hits on the second.
+    assert_eq!(hit_ratio, "50.0%", "{dom}");
+    for shown in ["http/ccache", "grpc/", "default", "1.0 GiB", "127.0.0.1"] {
+        assert!(dom.contains(shown), "{shown:?} is not on the page:\n{dom}");
+    }
+
+    let screenshot = dir.path().join("status.png");
+    headless(
+        &page,
+        &profile,
+        &[&format!("--screenshot={}", screenshot.display())],
+    );
+    let png = fs::read(&screenshot).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "{} bytes",
+        png.len()
+    );
+    if let Ok(to) = std::env::var("CASKET_STATUS_SCREENSHOT") {
+        fs::write(to, &png).unwrap();
+    }
 }

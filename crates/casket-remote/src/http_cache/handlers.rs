@@ -27,7 +27,7 @@ use super::body::{self, Chunks, Range, Spooled, UploadError, accepts_zstd, parse
 use super::path::{Target, parse_target};
 use super::{Connection, State};
 use crate::server::Access;
-use crate::server::metrics::{Lookup, Metrics, RequestLog};
+use crate::server::metrics::{Lookup, Metrics, RequestLog, Tally, tool_name};
 
 /// The largest `ActionResult` accepted over HTTP, as over gRPC.
 const MAX_ACTION_RESULT_BYTES: u64 = crate::server::MAX_MESSAGE_BYTES as u64;
@@ -159,6 +159,18 @@ pub(super) async fn handle(Shared(state): Shared<Arc<State>>, request: Request) 
     let start = Instant::now();
     let (parts, body) = request.into_parts();
     let target = parse_target(parts.uri.path());
+    let user_agent = parts
+        .headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok());
+    let connection = parts
+        .extensions
+        .get::<Connection>()
+        .copied()
+        .unwrap_or(Connection {
+            peer: ([0, 0, 0, 0], 0).into(),
+            verified_certificate: false,
+        });
     let log = RequestLog {
         method: format!(
             "HTTP {} {}",
@@ -166,15 +178,16 @@ pub(super) async fn handle(Shared(state): Shared<Arc<State>>, request: Request) 
             target.as_ref().map_or("other", Target::kind)
         ),
         start,
-        client: parts
-            .headers
-            .get(header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
+        client: user_agent
             .map(|agent| agent.chars().take(80).collect())
             .unwrap_or_default(),
+        protocol: "http",
+        tool: tool_name(None, user_agent),
+        peer: connection.peer.ip().to_string(),
+        tally: Arc::default(),
     };
     let answer = match target.map_err(|e| HttpError::new(StatusCode::BAD_REQUEST, e)) {
-        Ok(target) => answer(&state, &parts, target, body).await,
+        Ok(target) => answer(&state, &parts, &connection, &log.tally, target, body).await,
         Err(e) => Err(e),
     };
     let head = parts.method == Method::HEAD;
@@ -199,18 +212,12 @@ fn method_label(method: &Method) -> &'static str {
 async fn answer(
     state: &State,
     parts: &http::request::Parts,
+    connection: &Connection,
+    tally: &Tally,
     target: Target,
     body: Body,
 ) -> Result<Answer, HttpError> {
-    let connection = parts
-        .extensions
-        .get::<Connection>()
-        .copied()
-        .unwrap_or(Connection {
-            peer: ([0, 0, 0, 0], 0).into(),
-            verified_certificate: false,
-        });
-    let access = auth::rights(&state.access, &parts.headers, &connection)
+    let access = auth::rights(&state.access, &parts.headers, connection)
         .map_err(|Refused(why)| HttpError::new(StatusCode::UNAUTHORIZED, why))?;
     if access == Access::None {
         return Err(HttpError::new(
@@ -278,6 +285,7 @@ async fn answer(
         }
         (&Method::GET | &Method::HEAD, Target::Ac { action, .. }) => {
             let found = get_action_result(&namespace, action).await;
+            tally.lookup(found.is_ok());
             metrics.lookups(
                 Lookup::ActionResult,
                 u64::from(found.is_ok()),
@@ -306,6 +314,7 @@ async fn answer(
         }
         (&Method::GET | &Method::HEAD, Target::Entry { key, .. }) => {
             let found = get_entry(&namespace, &key).await;
+            tally.lookup(found.is_ok());
             metrics.lookups(Lookup::Entry, u64::from(found.is_ok()), u64::from(found.is_err()));
             serve_blob(&namespace, &found?, &parts.headers).await
         }

@@ -9,7 +9,7 @@ use casket_cache::{digest, digest_function};
 use tonic::{Request, Response, Status};
 
 use super::Shared;
-use super::metrics::Lookup;
+use super::metrics::{Lookup, Tally};
 use crate::status::from_cache;
 
 /// The ActionCache service.
@@ -31,6 +31,7 @@ impl reapi::action_cache_server::ActionCache for ActionCache {
         &self,
         request: Request<reapi::GetActionResultRequest>,
     ) -> Result<Response<reapi::ActionResult>, Status> {
+        let tally = Tally::of(&request);
         let request = request.into_inner();
         let namespace = self.shared.namespace(&request.instance_name)?;
         let action = digest_function(request.digest_function)
@@ -39,6 +40,7 @@ impl reapi::action_cache_server::ActionCache for ActionCache {
         let found = get_action_result(&namespace, (&action).into())
             .await
             .map_err(from_cache);
+        tally.lookup(found.is_ok());
         self.shared.metrics.lookups(
             Lookup::ActionResult,
             u64::from(found.is_ok()),

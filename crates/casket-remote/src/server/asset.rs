@@ -12,7 +12,7 @@ use casket_model::Digest;
 use tonic::{Request, Response, Status};
 
 use super::Shared;
-use super::metrics::Lookup;
+use super::metrics::{Lookup, Tally};
 use crate::status::from_cache;
 
 /// The Fetch service.
@@ -33,6 +33,7 @@ impl Fetch {
     /// The first complete record of kind `R` for `uris` and `qualifiers`, counted as a lookup.
     async fn find<R: AssetRecord>(
         &self,
+        tally: &Tally,
         instance: &str,
         function: i32,
         uris: &[String],
@@ -42,6 +43,7 @@ impl Fetch {
         let found = fetch_asset::<R>(&*self.shared.namespace(instance)?, uris, qualifiers).await;
         let metrics = &self.shared.metrics;
         metrics.lookups(Lookup::Asset, u64::from(found.is_ok()), u64::from(found.is_err()));
+        tally.lookup(found.is_ok());
         found.map_err(from_cache)
     }
 }
@@ -62,9 +64,11 @@ impl asset::fetch_server::Fetch for Fetch {
         &self,
         request: Request<asset::FetchBlobRequest>,
     ) -> Result<Response<asset::FetchBlobResponse>, Status> {
+        let tally = Tally::of(&request);
         let request = request.into_inner();
         let (uri, record, blob) = self
             .find::<asset::PushBlobRequest>(
+                &tally,
                 &request.instance_name,
                 request.digest_function,
                 &request.uris,
@@ -85,9 +89,11 @@ impl asset::fetch_server::Fetch for Fetch {
         &self,
         request: Request<asset::FetchDirectoryRequest>,
     ) -> Result<Response<asset::FetchDirectoryResponse>, Status> {
+        let tally = Tally::of(&request);
         let request = request.into_inner();
         let (uri, record, root) = self
             .find::<asset::PushDirectoryRequest>(
+                &tally,
                 &request.instance_name,
                 request.digest_function,
                 &request.uris,

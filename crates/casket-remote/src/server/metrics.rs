@@ -19,7 +19,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tonic::body::Body;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::{Code, Status};
+
+use super::history::{History, Traffic};
 use tower::{Layer, Service};
 
 /// What a lookup looked for.
@@ -85,6 +88,7 @@ pub struct Metrics {
     quota_bytes: Family<NamespaceLabels, Gauge>,
     started: Instant,
     totals: Totals,
+    history: History,
 }
 
 /// Totals over every method and code, for `/status` (the families cannot be summed).
@@ -123,6 +127,7 @@ impl Metrics {
             quota_bytes: Family::default(),
             started: Instant::now(),
             totals: Totals::default(),
+            history: History::default(),
         };
         let r = &mut metrics.registry;
         r.register(
@@ -244,6 +249,7 @@ impl Metrics {
     /// Records an HTTP cache request (`method` such as `HTTP GET cas`) answered with `status`,
     /// having received `received` bytes and sent `sent`.
     pub(crate) fn http_finished(&self, request: &RequestLog, status: u16, received: u64, sent: u64) {
+        request.tally.received.fetch_add(received, Ordering::Relaxed);
         let outcome = match status {
             200..=399 | 404 => Outcome::Answered,
             500.. => Outcome::Failed,
@@ -257,7 +263,26 @@ impl Metrics {
         self.record(request, &status.to_string(), outcome, sent);
     }
 
+    /// The last hours of traffic, for the status page.
+    pub(crate) fn history(&self) -> serde_json::Value {
+        self.history.to_json()
+    }
+
     fn record(&self, request: &RequestLog, code: &str, outcome: Outcome, sent: u64) {
+        let tally = &request.tally;
+        self.history.record(
+            request.protocol,
+            &request.tool,
+            &request.peer,
+            &Traffic {
+                requests: 1,
+                errors: u64::from(!matches!(outcome, Outcome::Answered)),
+                hits: tally.hits.load(Ordering::Relaxed),
+                misses: tally.misses.load(Ordering::Relaxed),
+                received: tally.received.load(Ordering::Relaxed),
+                sent,
+            },
+        );
         let method = MethodLabels {
             method: request.method.clone(),
         };
@@ -293,6 +318,7 @@ impl casket_cache::EvictionListener for Metrics {
     fn evicted(&self, blobs: u64, bytes: u64) {
         self.evicted_blobs.inc_by(blobs);
         self.evicted_bytes.inc_by(bytes);
+        self.history.evicted(blobs, bytes);
     }
 }
 
@@ -361,6 +387,61 @@ pub(crate) struct RequestLog {
     /// Who asked: from REAPI's `RequestMetadata` header (Bazel sends it) its tool, mnemonic and
     /// target; over HTTP, the user agent; or empty.
     pub(crate) client: String,
+    /// `grpc` or `http`.
+    pub(crate) protocol: &'static str,
+    /// The client's tool (`bazel`, `ccache`, …): see [`tool_name`].
+    pub(crate) tool: String,
+    /// The client's address, without its port.
+    pub(crate) peer: String,
+    /// What the request looked up and received.
+    pub(crate) tally: Arc<Tally>,
+}
+
+/// What one request looked up (action results, refs, assets and entries: the lookups whose
+/// hits save builds; blob lookups are not counted here) and how many bytes it sent. The metrics
+/// layer puts one in each gRPC request's extensions.
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    received: AtomicU64,
+}
+
+impl Tally {
+    /// The tally of `request` (a fresh one when no metrics layer is in front).
+    pub(crate) fn of<T>(request: &tonic::Request<T>) -> Arc<Tally> {
+        request
+            .extensions()
+            .get::<Arc<Tally>>()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Counts a lookup.
+    pub(crate) fn lookup(&self, found: bool) {
+        let counter = if found { &self.hits } else { &self.misses };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The tool a request comes from, for the status page: the REAPI `RequestMetadata` tool name,
+/// else the user agent's first product (`bazel/4.2.3` -> `bazel`, `grpc-python/1.51` ->
+/// `grpc-python`), reduced to at most 32 letters, digits, `.`, `-` and `_`.
+pub(crate) fn tool_name(metadata_tool: Option<&str>, user_agent: Option<&str>) -> String {
+    let raw = metadata_tool
+        .filter(|t| !t.is_empty())
+        .or_else(|| user_agent.and_then(|agent| agent.split(['/', ' ']).next()))
+        .unwrap_or_default();
+    let tool: String = raw
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        .take(32)
+        .collect();
+    if tool.is_empty() {
+        "unknown".to_owned()
+    } else {
+        tool.to_lowercase()
+    }
 }
 
 /// How a request ended, for the error total and the log level.
@@ -377,26 +458,42 @@ enum Outcome {
 /// The REAPI request-metadata header.
 const REQUEST_METADATA: &str = "build.bazel.remote.execution.v2.requestmetadata-bin";
 
-/// `tool mnemonic target` from a request's REAPI `RequestMetadata`, if it sent one.
-fn request_metadata(headers: &http::HeaderMap) -> String {
+/// `tool mnemonic target` from a request's REAPI `RequestMetadata`, and the tool alone, if it
+/// sent one.
+fn request_metadata(headers: &http::HeaderMap) -> (String, Option<String>) {
     if !headers.contains_key(REQUEST_METADATA) {
-        return String::new();
+        return (String::new(), None);
     }
     let metadata = tonic::metadata::MetadataMap::from_headers(headers.clone());
     let Some(Ok(bytes)) = metadata.get_bin(REQUEST_METADATA).map(|v| v.to_bytes()) else {
-        return String::new();
+        return (String::new(), None);
     };
     match <bazel_remote_apis::build::bazel::remote::execution::v2::RequestMetadata as prost::Message>::decode(
         bytes,
     ) {
         Ok(m) => {
             let tool = m.tool_details.map(|t| t.tool_name).unwrap_or_default();
-            format!("{tool} {} {}", m.action_mnemonic, m.target_id)
+            let client = format!("{tool} {} {}", m.action_mnemonic, m.target_id)
                 .trim()
-                .to_owned()
+                .to_owned();
+            (client, Some(tool))
         }
-        Err(_) => String::new(),
+        Err(_) => (String::new(), None),
     }
+}
+
+/// The address of the peer a gRPC request came from, without its port; `local` on a UNIX socket.
+fn peer_of<B>(request: &http::Request<B>) -> String {
+    let extensions = request.extensions();
+    extensions
+        .get::<TcpConnectInfo>()
+        .or_else(|| {
+            extensions
+                .get::<TlsConnectInfo<TcpConnectInfo>>()
+                .map(TlsConnectInfo::get_ref)
+        })
+        .and_then(TcpConnectInfo::remote_addr)
+        .map_or_else(|| "local".to_owned(), |addr| addr.ip().to_string())
 }
 
 impl<S, R> Service<http::Request<Body>> for MetricsService<S>
@@ -414,12 +511,23 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+        let (client, metadata_tool) = request_metadata(request.headers());
+        let user_agent = request
+            .headers()
+            .get(http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok());
+        let tally = Arc::new(Tally::default());
         let log = RequestLog {
             method: method_label(request.uri().path()),
             start: Instant::now(),
-            client: request_metadata(request.headers()),
+            client,
+            protocol: "grpc",
+            tool: tool_name(metadata_tool.as_deref(), user_agent),
+            peer: peer_of(&request),
+            tally: tally.clone(),
         };
+        request.extensions_mut().insert(tally.clone());
         let received = self.metrics.received_bytes.get_or_create(&MethodLabels {
             method: log.method.clone(),
         });
@@ -427,6 +535,7 @@ where
             Body::new(CountedRequest {
                 inner: body,
                 received: received.clone(),
+                tally,
             })
         });
         let response = self.inner.call(request);
@@ -458,6 +567,7 @@ where
 struct CountedRequest {
     inner: Body,
     received: Counter,
+    tally: Arc<Tally>,
 }
 
 impl HttpBody for CountedRequest {
@@ -475,6 +585,9 @@ impl HttpBody for CountedRequest {
             .and_then(Frame::data_ref)
         {
             self.received.inc_by(data.len() as u64);
+            self.tally
+                .received
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
         }
         Poll::Ready(frame)
     }
@@ -589,8 +702,27 @@ mod tests {
             REQUEST_METADATA,
             tonic::metadata::MetadataValue::from_bytes(&prost::Message::encode_to_vec(&metadata)),
         );
-        assert_eq!(request_metadata(&map.into_headers()), "bazel Genrule //:gen7");
-        assert_eq!(request_metadata(&http::HeaderMap::new()), "");
+        assert_eq!(
+            request_metadata(&map.into_headers()),
+            ("bazel Genrule //:gen7".to_owned(), Some("bazel".to_owned()))
+        );
+        assert_eq!(request_metadata(&http::HeaderMap::new()), (String::new(), None));
+    }
+
+    #[test]
+    fn tools_are_named_by_metadata_else_user_agent_and_kept_short() {
+        assert_eq!(tool_name(Some("bazel"), Some("grpc-java/1.2")), "bazel");
+        assert_eq!(
+            tool_name(None, Some("grpc-python/1.51.1 grpc-c/29")),
+            "grpc-python"
+        );
+        assert_eq!(tool_name(Some(""), Some("ccache/4.7.5")), "ccache");
+        assert_eq!(
+            tool_name(None, Some("<script>alert(1)</script>")),
+            "scriptalert1script"
+        );
+        assert_eq!(tool_name(None, None), "unknown");
+        assert_eq!(tool_name(Some(&"x".repeat(100)), None).len(), 32);
     }
 
     #[test]

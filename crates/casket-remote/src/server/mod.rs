@@ -11,6 +11,7 @@ mod asset;
 mod bytestream;
 mod capabilities;
 mod cas;
+mod history;
 mod limits;
 pub(crate) mod metrics;
 mod monitoring;

@@ -1,12 +1,13 @@
-//! The monitoring port: `/metrics` (Prometheus text format) and `/status` (JSON: what is
-//! served, usage and quota per namespace, request and lookup totals). Plain HTTP/1.1, meant
-//! for a private network or loopback.
+//! The monitoring port: `/` (a status page for people: hit ratio and traffic of the last hours
+//! by protocol and tool, store usage against the quota, evictions, the busiest clients; one
+//! self-contained HTML document that loads nothing else), `/metrics` (Prometheus text format)
+//! and `/status` (the same as JSON). Plain HTTP/1.1, meant for a private network or loopback.
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
-use axum::response::{IntoResponse, Json};
+use axum::response::{Html, IntoResponse, Json};
 use axum::routing::get;
 use tokio::net::TcpListener;
 
@@ -59,13 +60,28 @@ async fn metrics(State(monitored): State<Monitored>) -> impl IntoResponse {
     )
 }
 
-async fn status(State(monitored): State<Monitored>) -> Json<serde_json::Value> {
-    let namespaces = monitored.refresh_usage();
-    let mut status = (*monitored.about).clone();
-    status["namespaces"] = namespaces.into();
-    status["traffic"] = monitored.metrics.summary();
-    Json(status)
+impl Monitored {
+    fn status(&self) -> serde_json::Value {
+        let namespaces = self.refresh_usage();
+        let mut status = (*self.about).clone();
+        status["namespaces"] = namespaces.into();
+        status["traffic"] = self.metrics.summary();
+        status["history"] = self.metrics.history();
+        status
+    }
 }
+
+async fn status(State(monitored): State<Monitored>) -> Json<serde_json::Value> {
+    Json(monitored.status())
+}
+
+/// The page, with the status inlined: `<` is escaped so that no value can end the script.
+async fn page(State(monitored): State<Monitored>) -> Html<String> {
+    let status = monitored.status().to_string().replace('<', "\\u003c");
+    Html(STATUS_PAGE.replace("/*STATUS*/", &status))
+}
+
+const STATUS_PAGE: &str = include_str!("status.html");
 
 /// Serves `/metrics` and `/status` on `listener` until `shutdown` completes. `about` is
 /// included in `/status` as is (version, addresses, access policy).
@@ -77,6 +93,7 @@ pub async fn serve_monitoring(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = Router::new()
+        .route("/", get(page))
         .route("/metrics", get(self::metrics))
         .route("/status", get(status))
         .with_state(Monitored {

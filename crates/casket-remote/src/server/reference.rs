@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 
 use super::Shared;
 use super::access::{Access, caller_access};
-use super::metrics::Lookup;
+use super::metrics::{Lookup, Tally};
 use crate::proto::buildstream::{
     GetReferenceRequest, GetReferenceResponse, StatusRequest, StatusResponse, UpdateReferenceRequest,
     UpdateReferenceResponse, reference_storage_server,
@@ -34,12 +34,14 @@ impl reference_storage_server::ReferenceStorage for ReferenceStorage {
         &self,
         request: Request<GetReferenceRequest>,
     ) -> Result<Response<GetReferenceResponse>, Status> {
+        let tally = Tally::of(&request);
         let request = request.into_inner();
         let namespace = self.shared.namespace(&request.instance_name)?;
         let found = match ref_name(&request.key) {
             Ok(name) => get_ref(&namespace, &name).await,
             Err(e) => Err(e),
         };
+        tally.lookup(found.is_ok());
         self.shared
             .metrics
             .lookups(Lookup::Ref, u64::from(found.is_ok()), u64::from(found.is_err()));

@@ -221,6 +221,25 @@ pub async fn serve(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode>
     if let Some(limit) = settings.quota.limit {
         description.push(format!("quota {}", format_size(limit)));
     }
+    let mut http_address = None;
+    let http = match settings.http_listen {
+        Some(addr) => {
+            let listener = bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            http_address = Some(listener.local_addr()?);
+            description.push(format!("HTTP cache on {}", listener.local_addr()?));
+            let server = HttpCacheServer::new(
+                namespaces.clone(),
+                settings.options.access.clone(),
+                settings.options.tls.as_ref(),
+                metrics.clone(),
+                HttpLimits::default(),
+            )?;
+            Some(tokio::spawn(server.serve(listener, until_stopped())))
+        }
+        None => None,
+    };
     let monitoring = match settings.monitoring_listen {
         Some(addr) => {
             let listener = bind(addr)
@@ -234,6 +253,7 @@ pub async fn serve(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode>
                 "tls": settings.options.tls.is_some(),
                 "anonymous": format!("{:?}", settings.options.access.anonymous).to_lowercase(),
                 "remote_asset": settings.options.remote_asset,
+                "http_listen": http_address.map(|a| a.to_string()),
                 "grace_seconds": settings.quota.grace.as_secs(),
             });
             Some(tokio::spawn(serve_monitoring(
@@ -243,23 +263,6 @@ pub async fn serve(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode>
                 about,
                 until_stopped(),
             )))
-        }
-        None => None,
-    };
-    let http = match settings.http_listen {
-        Some(addr) => {
-            let listener = bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on {addr}"))?;
-            description.push(format!("HTTP cache on {}", listener.local_addr()?));
-            let server = HttpCacheServer::new(
-                namespaces.clone(),
-                settings.options.access.clone(),
-                settings.options.tls.as_ref(),
-                metrics.clone(),
-                HttpLimits::default(),
-            )?;
-            Some(tokio::spawn(server.serve(listener, until_stopped())))
         }
         None => None,
     };
