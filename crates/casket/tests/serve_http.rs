@@ -225,7 +225,7 @@ fn the_status_page_shows_real_traffic_in_chromium() {
         .unwrap_or_else(|| panic!("no hit ratio on the page:\n{dom}"));
     // Six misses on the first compilation, six hits on the second.
     assert_eq!(hit_ratio, "50.0%", "{dom}");
-    for shown in ["http/ccache", "grpc/", "default", "1.0 GiB", "127.0.0.1"] {
+    for shown in ["http/ccache", "grpc/casket", "default", "1.0 GiB", "127.0.0.1"] {
         assert!(dom.contains(shown), "{shown:?} is not on the page:\n{dom}");
     }
 

@@ -148,7 +148,9 @@ fn endpoint(options: &RemoteOptions) -> Result<Endpoint, ConnectError> {
         return Err(ConnectError::Url(url.clone()));
     }
     let scheme = if tls { "https" } else { "http" };
+    // Servers' logs and status pages name the tool by its user agent.
     let mut endpoint = Endpoint::from_shared(format!("{scheme}://{authority}"))
+        .and_then(|endpoint| endpoint.user_agent(concat!("casket/", env!("CARGO_PKG_VERSION"))))
         .map_err(|_| ConnectError::Url(url.clone()))?
         .tcp_nodelay(true)
         .initial_stream_window_size(Some(8 << 20))

@@ -725,6 +725,51 @@ mod tests {
         assert_eq!(tool_name(Some(&"x".repeat(100)), None).len(), 32);
     }
 
+    /// docs/grafana/casket-dashboard.json queries only series this exposition has.
+    #[test]
+    fn the_grafana_dashboard_queries_metrics_that_exist() {
+        let metrics = Metrics::new();
+        metrics.lookups(Lookup::Blob, 1, 1);
+        metrics.set_store("default", 1, 1, Some(10));
+        casket_cache::EvictionListener::evicted(&metrics, 1, 1);
+        let log = RequestLog {
+            method: "HTTP GET cas".to_owned(),
+            start: Instant::now(),
+            client: String::new(),
+            protocol: "http",
+            tool: "curl".to_owned(),
+            peer: "127.0.0.1".to_owned(),
+            tally: Arc::default(),
+        };
+        metrics.http_finished(&log, 200, 1, 1);
+        let exposition = metrics.encode();
+        let exported: std::collections::HashSet<&str> = exposition
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split(['{', ' ']).next())
+            .collect();
+        let dashboard: serde_json::Value =
+            serde_json::from_str(include_str!("../../../../docs/grafana/casket-dashboard.json"))
+                .unwrap_or_default();
+        let panels = dashboard["panels"].as_array().cloned().unwrap_or_default();
+        assert!(panels.len() >= 8, "{dashboard}");
+        for target in panels
+            .iter()
+            .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        {
+            let expr = target["expr"].as_str().unwrap_or_default();
+            let names = expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|word| word.starts_with("casket_"));
+            for name in names {
+                assert!(
+                    exported.contains(name),
+                    "the dashboard queries {name}, which /metrics lacks"
+                );
+            }
+        }
+    }
+
     #[test]
     fn lookups_show_in_the_exposition_and_the_summary() {
         let metrics = Metrics::new();
