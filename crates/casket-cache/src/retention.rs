@@ -418,6 +418,36 @@ mod tests {
         assert!(ok(refs.get(&ok(RefName::new("p/fresh"))).await).is_some());
     }
 
+    /// A generic entry keeps its value while the entry is used; an expired entry goes, and
+    /// its value with it.
+    #[tokio::test]
+    async fn generic_entries_keep_their_values_until_they_expire() {
+        let bucket = Bucket::new();
+        let (kept, dropped) = (
+            bucket.put(b"kept value").await,
+            bucket.put(b"dropped value").await,
+        );
+        let namespace = &bucket.namespace;
+        let (fresh, old) = (
+            ok(crate::entries::entry_key("ccache/fresh")),
+            ok(crate::entries::entry_key("ccache/old")),
+        );
+        ok(crate::entries::put_entry(namespace, &fresh, &kept).await);
+        ok(crate::entries::put_entry(namespace, &old, &dropped).await);
+        bucket.age_blobs(&[kept, dropped], 3 * DAY);
+        bucket.age("entries/ccache/old", 3 * DAY);
+
+        let report = ok(expire(namespace, OPTIONS).await);
+        assert_eq!(
+            (report.roots_kept, report.roots_removed, report.blobs_removed),
+            (1, 1, 1),
+            "{report:?}"
+        );
+        assert_eq!(bucket.missing(&[kept, dropped]).await, vec![dropped]);
+        assert_eq!(ok(crate::entries::get_entry(namespace, &fresh).await), kept);
+        assert!(crate::entries::get_entry(namespace, &old).await.is_err());
+    }
+
     /// A kept ref whose tree lost one subdirectory: everything else it reaches stays.
     #[tokio::test]
     async fn a_missing_subdirectory_does_not_stop_the_marking_of_the_rest() {
