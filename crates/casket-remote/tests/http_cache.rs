@@ -204,6 +204,11 @@ async fn what_one_protocol_stores_the_other_serves() {
         reapi::ActionResult::decode(got.bytes().await.unwrap()).unwrap(),
         result
     );
+    let head = client.head(&ac).send().await.unwrap();
+    assert_eq!(
+        head.headers()["content-length"],
+        result.encoded_len().to_string().as_str()
+    );
     let mut ac_client = ActionCacheClient::new(server.channel.clone());
     let over_grpc = ac_client
         .get_action_result(reapi::GetActionResultRequest {

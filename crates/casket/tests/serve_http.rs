@@ -1,7 +1,8 @@
 //! Tools that are not REAPI clients on `casket serve --http-listen`: ccache from Debian
 //! compiles a small C project through casket's generic entries, once per layout ccache
-//! offers; after its local cache is wiped, the second compilation is all remote hits. And the
-//! status page, after that traffic and a gRPC push, in headless Chromium.
+//! offers; after its local cache is wiped, the second compilation is all remote hits. sccache
+//! 0.8.2 does the same through its WebDAV backend. And the status page, after that traffic and
+//! a gRPC push, in headless Chromium.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -135,6 +136,101 @@ fn ccache_hits_casket_after_its_local_cache_is_wiped_in_every_layout() {
         !dir.path().join("store/ac").exists(),
         "ccache's values were stored as action results"
     );
+}
+
+/// sccache 0.8.2, as `.ci/peers/sccache.sh` installs it (`CASKET_SCCACHE` overrides).
+fn sccache_binary() -> std::path::PathBuf {
+    std::env::var_os("CASKET_SCCACHE").map_or_else(
+        || {
+            let peers =
+                std::env::var("CASKET_PEERS_DIR").unwrap_or_else(|_| "/var/cache/casket-peers".to_owned());
+            Path::new(&peers).join("sccache-0.8.2/sccache")
+        },
+        Into::into,
+    )
+}
+
+/// Compiles every unit through sccache (its own server on `port`, its local cache in `cache_dir`,
+/// its WebDAV backend at `endpoint`), stops its server, and returns its counters.
+fn sccache_compile(
+    project: &Path,
+    units: &[String],
+    cache_dir: &Path,
+    endpoint: &str,
+    port: u16,
+) -> serde_json::Value {
+    let sccache = || {
+        let mut cmd = Command::new(sccache_binary());
+        cmd.current_dir(project)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("HOME", cache_dir)
+            .env("SCCACHE_DIR", cache_dir)
+            .env("SCCACHE_WEBDAV_ENDPOINT", endpoint)
+            .env("SCCACHE_SERVER_PORT", port.to_string())
+            .env("SCCACHE_IDLE_TIMEOUT", "60");
+        cmd
+    };
+    for unit in units {
+        ok(sccache()
+            .args(["gcc", "-O2", "-c", unit, "-o"])
+            .arg(format!("{unit}.o")));
+    }
+    // sccache writes to its cache after answering: wait until every miss has been written.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let stats: serde_json::Value =
+            serde_json::from_str(&ok(sccache().args(["--show-stats", "--stats-format", "json"]))).unwrap();
+        let misses = stats["stats"]["cache_misses"]["counts"]["C/C++"]
+            .as_u64()
+            .unwrap_or(0);
+        let written = stats["stats"]["cache_writes"].as_u64().unwrap_or(0)
+            + stats["stats"]["cache_write_errors"].as_u64().unwrap_or(0);
+        if written >= misses || std::time::Instant::now() > deadline {
+            ok(sccache().arg("--stop-server"));
+            return stats;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn sccache_hits_casket_over_webdav_after_its_local_cache_is_wiped() {
+    let binary = sccache_binary();
+    let missing =
+        (!binary.exists()).then(|| format!("{} not found (.ci/peers/sccache.sh)", binary.display()));
+    if !peer_available("sccache 0.8.2", missing) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = Serve::start(
+        &dir.path().join("store"),
+        &["--allow-push", "--http-listen", "127.0.0.1:0"],
+    );
+    let project = dir.path().join("src");
+    let units = write_project(&project);
+    let endpoint = format!("{}/kv/sccache", server.http_url());
+    // A port of its own, away from a developer's sccache on the default 4226.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+
+    let cold = sccache_compile(&project, &units, &dir.path().join("cache-1"), &endpoint, port);
+    let stats = |s: &serde_json::Value, what: &str| s["stats"][what].clone();
+    assert_eq!(stats(&cold, "cache_write_errors"), 0, "{cold}");
+    assert_eq!(stats(&cold, "cache_writes"), units.len(), "{cold}");
+
+    let warm = sccache_compile(&project, &units, &dir.path().join("cache-2"), &endpoint, port);
+    let hits = warm["stats"]["cache_hits"]["counts"]["C/C++"].clone();
+    assert_eq!(
+        hits,
+        units.len(),
+        "every compilation must be a remote hit: {warm}"
+    );
+    assert_eq!(stats(&warm, "cache_read_errors"), 0, "{warm}");
+    assert!(dir.path().join("store/entries/sccache").is_dir());
 }
 
 /// Why headless Chromium cannot be used here, if it cannot.

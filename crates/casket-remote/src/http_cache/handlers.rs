@@ -29,6 +29,11 @@ use super::{Connection, State};
 use crate::server::Access;
 use crate::server::metrics::{Lookup, Metrics, RequestLog, Tally, tool_name};
 
+/// WebDAV's methods that sccache's backend uses besides GET and PUT: a stat, and making a
+/// directory (entries' collections are implicit, so that always succeeds).
+const PROPFIND: &str = "PROPFIND";
+const MKCOL: &str = "MKCOL";
+
 /// The largest `ActionResult` accepted over HTTP, as over gRPC.
 const MAX_ACTION_RESULT_BYTES: u64 = crate::server::MAX_MESSAGE_BYTES as u64;
 
@@ -205,6 +210,8 @@ fn method_label(method: &Method) -> &'static str {
         Method::HEAD => "HEAD",
         Method::PUT => "PUT",
         Method::DELETE => "DELETE",
+        _ if method.as_str() == PROPFIND => PROPFIND,
+        _ if method.as_str() == MKCOL => MKCOL,
         _ => "other",
     }
 }
@@ -225,7 +232,7 @@ async fn answer(
             "this cache needs credentials (Basic or Bearer with a token, or a client certificate)",
         ));
     }
-    let writes = matches!(parts.method, Method::PUT | Method::DELETE);
+    let writes = matches!(parts.method, Method::PUT | Method::DELETE) || parts.method.as_str() == MKCOL;
     if writes && access < Access::Write {
         let status = if parts.headers.contains_key(header::AUTHORIZATION) {
             StatusCode::FORBIDDEN
@@ -327,13 +334,28 @@ async fn answer(
             put_entry(&namespace, &key, &digest).await?;
             Ok(Answer::stored(received))
         }
+        (method, Target::Entry { key, .. }) if method.as_str() == PROPFIND => {
+            let found = get_entry(&namespace, &key).await;
+            tally.lookup(found.is_ok());
+            Ok(multistatus(parts.uri.path(), Some(found?.size())))
+        }
+        (method, Target::Collection { .. }) if method.as_str() == PROPFIND => {
+            Ok(multistatus(parts.uri.path(), None))
+        }
+        (method, Target::Entry { .. } | Target::Collection { .. }) if method.as_str() == MKCOL => {
+            Ok(Answer {
+                status: StatusCode::CREATED,
+                ..Answer::ok(Reply::Empty)
+            })
+        }
         (&Method::DELETE, Target::Entry { key, .. }) => match delete_entry(&namespace, &key).await? {
             true => Ok(Answer::ok(Reply::Empty)),
             false => Err(HttpError::new(StatusCode::NOT_FOUND, format!("no entry {key}"))),
         },
         (_, target) => {
             let allow = match target {
-                Target::Entry { .. } => "GET, HEAD, PUT, DELETE",
+                Target::Entry { .. } => "GET, HEAD, PUT, DELETE, PROPFIND, MKCOL",
+                Target::Collection { .. } => "PROPFIND, MKCOL",
                 _ => "GET, HEAD, PUT",
             };
             Ok(Answer::from(HttpError::new(
@@ -343,6 +365,32 @@ async fn answer(
             .header(header::ALLOW, allow))
         }
     }
+}
+
+/// A WebDAV `207 Multi-Status` for `path` alone (Depth 0): a file of `size` bytes, or a
+/// collection.
+fn multistatus(path: &str, size: Option<u64>) -> Answer {
+    let href = path
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;");
+    // Entries keep no modification time of their own: WebDAV clients want one, so say now.
+    let now = httpdate::fmt_http_date(std::time::SystemTime::now());
+    let prop = match size {
+        Some(size) => format!("<D:getcontentlength>{size}</D:getcontentlength><D:resourcetype/>"),
+        None => "<D:resourcetype><D:collection/></D:resourcetype>".to_owned(),
+    };
+    let prop = format!("<D:getlastmodified>{now}</D:getlastmodified>{prop}");
+    let xml = format!(
+        "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<D:multistatus xmlns:D=\"DAV:\"><D:response>\
+         <D:href>{href}</D:href><D:propstat><D:prop>{prop}</D:prop>\
+         <D:status>HTTP/1.1 200 OK</D:status></D:propstat></D:response></D:multistatus>\n"
+    );
+    Answer {
+        status: StatusCode::MULTI_STATUS,
+        ..Answer::ok(Reply::Bytes(Bytes::from(xml)))
+    }
+    .header(header::CONTENT_TYPE, "application/xml; charset=utf-8")
 }
 
 /// The blob, whole or the asked range, compressed when the client accepts zstd and asked for
@@ -440,7 +488,7 @@ fn check_size(namespace: &Namespace, size: u64) -> Result<(), HttpError> {
 fn respond(answer: Answer, head: bool, metrics: Arc<Metrics>, log: RequestLog) -> Response {
     let Answer {
         status,
-        headers,
+        mut headers,
         reply,
         received,
     } = answer;
@@ -452,6 +500,11 @@ fn respond(answer: Answer, head: bool, metrics: Arc<Metrics>, log: RequestLog) -
         sent: 0,
     };
     let body = match reply {
+        // A HEAD answer says how long the GET's body would be.
+        Reply::Bytes(bytes) if head => {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+            Body::empty()
+        }
         _ if head => Body::empty(),
         Reply::Empty => Body::empty(),
         Reply::Bytes(bytes) => {

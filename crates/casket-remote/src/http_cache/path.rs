@@ -40,15 +40,24 @@ pub(crate) enum Target {
         /// The entry's key.
         key: RefName,
     },
+    /// A WebDAV collection of entries: a key prefix ending in `/` (collections are implicit:
+    /// every one exists).
+    Collection {
+        /// The instance name.
+        instance: String,
+        /// The keys' common prefix, without the slash (empty for all of `kv/`).
+        prefix: String,
+    },
 }
 
 impl Target {
     /// The instance name the path is in.
     pub(crate) fn instance(&self) -> &str {
         match self {
-            Target::Cas { instance, .. } | Target::Ac { instance, .. } | Target::Entry { instance, .. } => {
-                instance
-            }
+            Target::Cas { instance, .. }
+            | Target::Ac { instance, .. }
+            | Target::Entry { instance, .. }
+            | Target::Collection { instance, .. } => instance,
         }
     }
 
@@ -57,7 +66,7 @@ impl Target {
         match self {
             Target::Cas { .. } => "cas",
             Target::Ac { .. } => "ac",
-            Target::Entry { .. } => ENTRIES,
+            Target::Entry { .. } | Target::Collection { .. } => ENTRIES,
         }
     }
 }
@@ -67,19 +76,34 @@ pub(crate) fn parse_target(path: &str) -> Result<Target, String> {
     let rest = path
         .strip_prefix('/')
         .ok_or_else(|| format!("the path {path:?} is not absolute"))?;
+    // A trailing slash names a collection (WebDAV clients ask for them), only under kv/.
+    let (rest, collection) = match rest.strip_suffix('/') {
+        Some(rest) => (rest, true),
+        None => (rest, false),
+    };
     let segments = rest
         .split('/')
         .map(decode_segment)
         .collect::<Result<Vec<String>, String>>()?;
     if let Some(at) = segments.iter().position(|s| s == ENTRIES) {
+        let instance = segments[..at].join("/");
         let key = segments[at + 1..].join("/");
+        if collection {
+            return Ok(Target::Collection {
+                instance,
+                prefix: key,
+            });
+        }
         if key.is_empty() {
             return Err(format!("{path:?} names no key after /{ENTRIES}/"));
         }
         return Ok(Target::Entry {
-            instance: segments[..at].join("/"),
+            instance,
             key: RefName::new(key).map_err(|e| format!("the key in {path:?}: {e}"))?,
         });
+    }
+    if collection {
+        return Err(usage(path));
     }
     let n = segments.len();
     let (kind_at, function) = match segments.get(n.wrapping_sub(2)).map(String::as_str) {
@@ -193,12 +217,21 @@ mod tests {
         );
         assert_eq!(parse_target("/ci/kv/gradle/0af3"), entry("ci", "gradle/0af3"));
         assert_eq!(parse_target("/kv/a%20b"), entry("", "a b"));
+        let collection = |prefix: &str| {
+            Ok(Target::Collection {
+                instance: String::new(),
+                prefix: prefix.to_owned(),
+            })
+        };
+        assert_eq!(parse_target("/kv/"), collection(""));
+        assert_eq!(parse_target("/kv/sccache/a/"), collection("sccache/a"));
+        assert!(parse_target(&format!("/cas/{HASH}/")).is_err());
     }
 
     #[test]
     fn paths_that_climb_or_are_not_cache_paths_are_refused() {
         for bad in [
-            "/kv/",
+            "/kv//",
             "/kv/../etc/passwd",
             "/kv/a/%2e%2e/b",
             "/kv/a%2fb",
