@@ -1,8 +1,9 @@
 //! Tools that are not REAPI clients on `casket serve --http-listen`: ccache from Debian
 //! compiles a small C project through casket's generic entries, once per layout ccache
 //! offers; after its local cache is wiped, the second compilation is all remote hits. sccache
-//! 0.8.2 does the same through its WebDAV backend. And the status page, after that traffic and
-//! a gRPC push, in headless Chromium.
+//! 0.8.2 does the same through its WebDAV backend, and Gradle 4.4.1 (Debian) through its
+//! HttpBuildCache. And the status page, after that traffic and a gRPC push, in headless
+//! Chromium.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -231,6 +232,63 @@ fn sccache_hits_casket_over_webdav_after_its_local_cache_is_wiped() {
     );
     assert_eq!(stats(&warm, "cache_read_errors"), 0, "{warm}");
     assert!(dir.path().join("store/entries/sccache").is_dir());
+}
+
+/// Why Debian's Gradle cannot be used here, if it cannot.
+fn gradle() -> Option<String> {
+    match Command::new("/usr/bin/gradle").arg("--version").output() {
+        Ok(out) if out.status.success() => None,
+        Ok(out) => Some(format!(
+            "gradle --version failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )),
+        Err(e) => Some(format!("/usr/bin/gradle: {e} (apt-get install gradle)")),
+    }
+}
+
+#[test]
+fn gradle_takes_a_compilation_from_casket_after_a_clean() {
+    if !peer_available("gradle", gradle()) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = Serve::start(
+        &dir.path().join("store"),
+        &["--allow-push", "--http-listen", "127.0.0.1:0"],
+    );
+    let project = dir.path().join("project");
+    fs::create_dir_all(project.join("src/main/java")).unwrap();
+    // No local cache: a hit can only come from casket. (--offline would turn the remote off too;
+    // the java plugin downloads nothing.)
+    fs::write(
+        project.join("settings.gradle"),
+        format!(
+            "rootProject.name = 'probe'\nbuildCache {{\n  local {{ enabled = false }}\n  \
+             remote(HttpBuildCache) {{ url = '{}/kv/gradle/'; push = true }}\n}}\n",
+            server.http_url()
+        ),
+    )
+    .unwrap();
+    fs::write(project.join("build.gradle"), "apply plugin: 'java'\n").unwrap();
+    fs::write(
+        project.join("src/main/java/Probe.java"),
+        "public class Probe { public static int twice(int x) { return 2 * x; } }\n",
+    )
+    .unwrap();
+    let gradle = |args: &[&str]| {
+        ok(Command::new("/usr/bin/gradle")
+            .current_dir(&project)
+            .env("GRADLE_USER_HOME", dir.path().join("gradle-home"))
+            .args(["--no-daemon", "--console=plain", "--build-cache"])
+            .args(args))
+    };
+    let cold = gradle(&["compileJava"]);
+    assert!(cold.contains("1 actionable task: 1 executed"), "{cold}");
+    gradle(&["clean"]);
+    let warm = gradle(&["compileJava"]);
+    assert!(warm.contains(":compileJava FROM-CACHE"), "{warm}");
+    assert!(project.join("build/classes/java/main/Probe.class").is_file());
+    assert!(dir.path().join("store/entries/gradle").is_dir());
 }
 
 /// Why headless Chromium cannot be used here, if it cannot.
