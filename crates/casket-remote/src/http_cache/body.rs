@@ -21,8 +21,8 @@ use crate::compression::{CompressionError, ZstdDecoder};
 /// The most of a spooled upload kept in memory; the rest goes to a temporary file.
 pub(crate) const SPOOL_IN_MEMORY: usize = 1 << 20;
 
-/// Bytes per write into the store: of a streamed upload, and of a spooled file replayed.
-const WRITE_PIECE: usize = 1 << 20;
+/// Bytes per write when a spooled file is replayed into the store.
+const REPLAY_PIECE: usize = 1 << 20;
 
 /// Why an upload stored nothing.
 #[derive(Debug, thiserror::Error)]
@@ -105,20 +105,12 @@ pub(crate) async fn write_exact(
     mut chunks: Chunks,
 ) -> Result<u64, UploadError> {
     let mut writer = store.begin_write(digest).await?;
-    // The connection delivers the body in pieces of a few kilobytes; the store takes fewer,
-    // larger writes (as ByteStream's 1 MiB messages give it).
-    let mut pending = BytesMut::new();
+    // Chunks go to the writer as they come: stores gather them into large writes themselves.
     while let Some(chunk) = chunks.next().await? {
-        if writer.written() + (pending.len() + chunk.len()) as u64 > digest.size() {
+        if writer.written() + chunk.len() as u64 > digest.size() {
             return Err(UploadError::TooLong(digest.size()));
         }
-        pending.extend_from_slice(&chunk);
-        if pending.len() >= WRITE_PIECE {
-            writer.write(pending.split().freeze()).await?;
-        }
-    }
-    if !pending.is_empty() {
-        writer.write(pending.freeze()).await?;
+        writer.write(chunk).await?;
     }
     if writer.written() < digest.size() {
         return Err(UploadError::TooShort {
@@ -224,7 +216,7 @@ impl Spooled {
             Content::File(mut file) => {
                 let mut writer = store.begin_write(&self.digest).await?;
                 loop {
-                    let mut piece = BytesMut::zeroed(WRITE_PIECE);
+                    let mut piece = BytesMut::zeroed(REPLAY_PIECE);
                     let n = file.read(&mut piece).await?;
                     if n == 0 {
                         break;
