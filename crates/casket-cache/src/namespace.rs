@@ -15,7 +15,7 @@ pub struct Namespace {
     pub blobs: Arc<dyn BlobStore>,
     /// Named roots: BuildStream's refs.
     pub refs: Arc<dyn RefStore>,
-    /// REAPI action results, keyed by [`casket_store::action_key`].
+    /// REAPI action results, keyed by [`casket_store::ActionId::key`].
     pub action_cache: Arc<dyn RecordStore>,
     /// Remote Asset entries.
     pub assets: Arc<dyn RecordStore>,
