@@ -2,6 +2,7 @@
 //! finding real peers.
 #![allow(dead_code, clippy::unwrap_used, clippy::missing_panics_doc)]
 
+pub(crate) mod bazel;
 pub(crate) mod buildstream2;
 pub(crate) mod garage;
 #[path = "../../../casket-vdir/tests/common/peers.rs"]
