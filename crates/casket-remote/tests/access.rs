@@ -8,8 +8,8 @@ use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
 use casket_model::{Digest, DigestFunction};
 use casket_remote::server::{Access, AccessPolicy, ServerOptions, TlsOptions};
 use casket_store::BlobStoreExt;
+use common::{Pki, pki};
 use common::{Server, start_with};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use reapi::capabilities_client::CapabilitiesClient;
 use reapi::content_addressable_storage_client::ContentAddressableStorageClient;
 use tonic::Code;
@@ -117,31 +117,6 @@ async fn without_anonymous_access_even_reads_need_credentials() {
 }
 
 /// A CA, a server certificate for `localhost` and a client certificate, all PEM.
-struct Pki {
-    ca: String,
-    server: (String, String),
-    client: (String, String),
-}
-
-fn pki() -> Pki {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let leaf = |name: &str| {
-        let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(vec![name.to_owned()])
-            .unwrap()
-            .signed_by(&key, &ca)
-            .unwrap();
-        (cert.pem(), key.serialize_pem())
-    };
-    Pki {
-        ca: ca.pem(),
-        server: leaf("localhost"),
-        client: leaf("build-bot"),
-    }
-}
-
 async fn tls_server(pki: &Pki, require_client_certificate: bool) -> Server {
     let options = ServerOptions {
         access: AccessPolicy::new(Access::Read),

@@ -7,13 +7,14 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
 use bytes::Bytes;
 use casket_model::{Digest, DigestFunction};
 use casket_remote::http_cache::{HttpCacheServer, HttpLimits};
-use casket_remote::server::{Access, AccessPolicy};
+use casket_remote::server::{Access, AccessPolicy, TlsOptions};
 use casket_store::BlobStoreExt;
 use common::Server;
 use prost::Message;
@@ -332,7 +333,7 @@ async fn generic_entries_are_stored_read_and_deleted_by_key() {
         .await
         .unwrap();
     assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
-    assert_eq!(post.headers()["allow"], "GET, HEAD, PUT, DELETE");
+    assert_eq!(post.headers()["allow"], "GET, HEAD, PUT, DELETE, PROPFIND, MKCOL");
 }
 
 #[tokio::test]
@@ -540,4 +541,93 @@ async fn slow_clients_are_cut_off_without_holding_up_others() {
     let read = tokio::time::timeout(Duration::from_secs(5), slow_head.read_to_end(&mut answer)).await;
     assert!(read.is_ok(), "the slow head was not cut off");
     assert!(!stored(&server, &digest).await);
+}
+
+/// One request over TLS to `address` (as `localhost`, verified against `ca`), with the client
+/// certificate `identity` if given; the response's status, or 0 when the handshake failed.
+async fn tls_status(
+    address: SocketAddr,
+    ca: &str,
+    identity: Option<&(String, String)>,
+    request: String,
+) -> u16 {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca.as_bytes()).unwrap())
+        .unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let config = match identity {
+        Some((certificate, key)) => builder
+            .with_client_auth_cert(
+                vec![CertificateDer::from_pem_slice(certificate.as_bytes()).unwrap()],
+                PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(address).await.unwrap();
+    let Ok(mut tls) = connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+    else {
+        return 0;
+    };
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    answer
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn tls_with_client_certificates_gives_their_rights_over_http() {
+    let server = common::start(false).await;
+    let pki = common::pki();
+    let tls = TlsOptions {
+        certificate: pki.server.0.clone().into_bytes(),
+        key: pki.server.1.clone().into_bytes(),
+        client_ca: Some(pki.ca.clone().into_bytes()),
+        require_client_certificate: false,
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let http = HttpCacheServer::new(
+        server.namespaces.clone(),
+        AccessPolicy::new(Access::Read),
+        Some(&tls),
+        server.metrics.clone(),
+        HttpLimits::default(),
+    )
+    .unwrap();
+    tokio::spawn(http.serve(listener, std::future::pending()));
+    let digest = sha256(b"sent over TLS");
+    let put = format!(
+        "PUT /cas/{} HTTP/1.1\r\nhost: localhost\r\ncontent-length: 13\r\nconnection: close\r\n\r\nsent over TLS",
+        digest.hash_hex()
+    );
+    let get = format!(
+        "GET /cas/{} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n",
+        digest.hash_hex()
+    );
+    let statuses = [
+        tls_status(address, &pki.ca, None, put.clone()).await,
+        tls_status(address, &pki.ca, Some(&pki.client), put).await,
+        tls_status(address, &pki.ca, None, get.clone()).await,
+    ];
+    // Anonymous callers read; a verified client certificate writes.
+    assert_eq!(statuses, [401, 200, 200], "PUT, certified PUT, GET");
+    // Plain HTTP to the TLS port gets no HTTP answer.
+    assert!(!raw(address, get.as_bytes()).await.starts_with("HTTP/1.1 200"));
+    assert!(stored(&server, &digest).await);
 }

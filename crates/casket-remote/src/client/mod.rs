@@ -65,12 +65,13 @@ pub struct RemoteCas {
 }
 
 /// Failures worth retrying: the server was away, slow, or momentarily out of room, or the
-/// connection broke (which tonic reports as UNKNOWN with the transport error as its source;
-/// a server's own UNKNOWN has none).
+/// connection broke (which tonic reports as UNKNOWN, or as CANCELLED when the server closed
+/// it in the middle of a stream, with the transport error as its source; a server's own
+/// UNKNOWN or CANCELLED has none).
 fn retryable(status: &Status) -> bool {
     match status.code() {
         Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted => true,
-        Code::Unknown => std::error::Error::source(status).is_some(),
+        Code::Unknown | Code::Cancelled => std::error::Error::source(status).is_some(),
         _ => false,
     }
 }
@@ -240,4 +241,25 @@ pub(crate) fn cas_client(
     reapi::content_addressable_storage_client::ContentAddressableStorageClient::new(transport)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broken_connections_are_retried_and_a_servers_own_refusals_are_not() {
+        let broken = Status::from_error(Box::new(std::io::Error::other("connection reset")));
+        assert_eq!(broken.code(), Code::Unknown);
+        assert!(retryable(&broken));
+        assert!(retryable(&Status::unavailable("restarting")));
+        for refusal in [
+            Status::cancelled("the server gave up"),
+            Status::unknown("the server failed"),
+            Status::invalid_argument("bad digest"),
+            Status::permission_denied("read-only"),
+        ] {
+            assert!(!retryable(&refusal), "{refusal:?}");
+        }
+    }
 }

@@ -15,9 +15,9 @@ use bytes::Bytes;
 use casket_cache::action::{get_action_result, put_action_result};
 use casket_cache::entries::{delete_entry, get_entry, put_entry};
 use casket_cache::{CacheError, Namespace};
-use casket_model::Digest;
 use casket_model::proto::reapi;
-use casket_store::{ReadRange, StoreError};
+use casket_model::{Digest, DigestFunction, hex_digits};
+use casket_store::{ActionId, ReadRange, StoreError};
 use futures::Stream;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use prost::Message;
@@ -262,33 +262,10 @@ async fn answer(
             );
             let digest =
                 found.ok_or_else(|| HttpError::new(StatusCode::NOT_FOUND, "no such blob in this cache"))?;
-            serve_blob(&namespace, &digest, &parts.headers).await
+            serve_blob(&namespace, &digest, parts).await
         }
         (&Method::PUT, Target::Cas { function, hash, .. }) => {
-            let declared = declared_length(&parts.headers)?;
-            let received = match (declared, zstd_upload(&parts.headers)?) {
-                (Some(size), false) => {
-                    let digest = Digest::new(function, hash, size)
-                        .map_err(|e| HttpError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
-                    check_size(&namespace, size)?;
-                    write_exact(namespace.blobs.as_ref(), &digest, chunks).await?
-                }
-                (_, zstd) => {
-                    let spooled = Spooled::read(chunks, function, zstd, spool_limit(&namespace)).await?;
-                    if spooled.digest.hash() != &hash {
-                        return Err(UploadError::Mismatch {
-                            expected: Digest::new(function, hash, spooled.digest.size())
-                                .map_or_else(|_| "the path's hash".to_owned(), |d| d.to_string()),
-                            actual: spooled.digest,
-                        }
-                        .into());
-                    }
-                    let received = spooled.received;
-                    spooled.store(namespace.blobs.as_ref()).await?;
-                    received
-                }
-            };
-            Ok(Answer::stored(received))
+            put_blob(&namespace, &parts.headers, function, hash, chunks).await
         }
         (&Method::GET | &Method::HEAD, Target::Ac { action, .. }) => {
             let found = get_action_result(&namespace, action).await;
@@ -302,31 +279,16 @@ async fn answer(
             Ok(Answer::ok(Reply::Bytes(result)).header(header::CONTENT_TYPE, "application/octet-stream"))
         }
         (&Method::PUT, Target::Ac { action, .. }) => {
-            let declared = declared_length(&parts.headers)?;
-            if declared.is_some_and(|size| size > MAX_ACTION_RESULT_BYTES) {
-                return Err(UploadError::TooLarge(MAX_ACTION_RESULT_BYTES).into());
-            }
-            let zstd = zstd_upload(&parts.headers)?;
-            let spooled = Spooled::read(chunks, action.function, zstd, MAX_ACTION_RESULT_BYTES).await?;
-            let received = spooled.received;
-            let bytes = spooled.into_bytes().await?;
-            let result = reapi::ActionResult::decode(bytes).map_err(|e| {
-                HttpError::new(
-                    StatusCode::BAD_REQUEST,
-                    format!("the body is not an ActionResult ({e}); opaque values belong under /kv/"),
-                )
-            })?;
-            put_action_result(&namespace, action, &result).await?;
-            Ok(Answer::stored(received))
+            put_result(&namespace, &parts.headers, action, chunks).await
         }
         (&Method::GET | &Method::HEAD, Target::Entry { key, .. }) => {
             let found = get_entry(&namespace, &key).await;
             tally.lookup(found.is_ok());
             metrics.lookups(Lookup::Entry, u64::from(found.is_ok()), u64::from(found.is_err()));
-            serve_blob(&namespace, &found?, &parts.headers).await
+            serve_blob(&namespace, &found?, parts).await
         }
         (&Method::PUT, Target::Entry { key, .. }) => {
-            let function = casket_model::DigestFunction::Blake3;
+            let function = DigestFunction::Blake3;
             let zstd = zstd_upload(&parts.headers)?;
             let spooled = Spooled::read(chunks, function, zstd, spool_limit(&namespace)).await?;
             let (digest, received) = (spooled.digest, spooled.received);
@@ -367,6 +329,62 @@ async fn answer(
     }
 }
 
+/// A `cas` PUT: streamed into a verified write when its length is declared and it is not
+/// compressed, else spooled, hashed and checked against the path's hash before it is stored.
+async fn put_blob(
+    namespace: &Namespace,
+    headers: &HeaderMap,
+    function: DigestFunction,
+    hash: [u8; 32],
+    chunks: Chunks,
+) -> Result<Answer, HttpError> {
+    let received = match (declared_length(headers)?, zstd_upload(headers)?) {
+        (Some(size), false) => {
+            let digest = Digest::new(function, hash, size)
+                .map_err(|e| HttpError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+            check_size(namespace, size)?;
+            write_exact(namespace.blobs.as_ref(), &digest, chunks).await?
+        }
+        (_, zstd) => {
+            let spooled = Spooled::read(chunks, function, zstd, spool_limit(namespace)).await?;
+            if spooled.digest.hash() != &hash {
+                return Err(UploadError::Mismatch {
+                    expected: String::from_utf8_lossy(&hex_digits(&hash)).into_owned(),
+                    actual: spooled.digest,
+                }
+                .into());
+            }
+            let received = spooled.received;
+            spooled.store(namespace.blobs.as_ref()).await?;
+            received
+        }
+    };
+    Ok(Answer::stored(received))
+}
+
+/// An `ac` PUT: the body must be an `ActionResult` (checked as over gRPC).
+async fn put_result(
+    namespace: &Namespace,
+    headers: &HeaderMap,
+    action: ActionId,
+    chunks: Chunks,
+) -> Result<Answer, HttpError> {
+    if declared_length(headers)?.is_some_and(|size| size > MAX_ACTION_RESULT_BYTES) {
+        return Err(UploadError::TooLarge(MAX_ACTION_RESULT_BYTES).into());
+    }
+    let zstd = zstd_upload(headers)?;
+    let spooled = Spooled::read(chunks, action.function, zstd, MAX_ACTION_RESULT_BYTES).await?;
+    let received = spooled.received;
+    let result = reapi::ActionResult::decode(spooled.into_bytes().await?).map_err(|e| {
+        HttpError::new(
+            StatusCode::BAD_REQUEST,
+            format!("the body is not an ActionResult ({e}); opaque values belong under /kv/"),
+        )
+    })?;
+    put_action_result(namespace, action, &result).await?;
+    Ok(Answer::stored(received))
+}
+
 /// A WebDAV `207 Multi-Status` for `path` alone (Depth 0): a file of `size` bytes, or a
 /// collection.
 fn multistatus(path: &str, size: Option<u64>) -> Answer {
@@ -394,12 +412,13 @@ fn multistatus(path: &str, size: Option<u64>) -> Answer {
 }
 
 /// The blob, whole or the asked range, compressed when the client accepts zstd and asked for
-/// the whole of it.
+/// the whole of it. A HEAD reads nothing: the blob was found already.
 async fn serve_blob(
     namespace: &Namespace,
     digest: &Digest,
-    headers: &HeaderMap,
+    request: &http::request::Parts,
 ) -> Result<Answer, HttpError> {
+    let headers = &request.headers;
     let size = digest.size();
     let (status, offset, len) = match parse_range(headers.get(header::RANGE), size) {
         Range::Whole => (StatusCode::OK, 0, size),
@@ -416,15 +435,20 @@ async fn serve_blob(
         offset,
         limit: Some(len),
     };
-    let stream = namespace
-        .blobs
-        .read(digest, range)
-        .await?
-        .ok_or_else(|| HttpError::new(StatusCode::NOT_FOUND, format!("{digest} has just expired")))?;
     let zstd = status == StatusCode::OK && len > 0 && accepts_zstd(headers.get(header::ACCEPT_ENCODING));
+    let reply = if request.method == Method::HEAD {
+        Reply::Empty
+    } else {
+        let stream = namespace
+            .blobs
+            .read(digest, range)
+            .await?
+            .ok_or_else(|| HttpError::new(StatusCode::NOT_FOUND, format!("{digest} has just expired")))?;
+        Reply::Stream(body::download(stream, zstd))
+    };
     let mut answer = Answer {
         status,
-        ..Answer::ok(Reply::Stream(body::download(stream, zstd)))
+        ..Answer::ok(reply)
     }
     .header(header::CONTENT_TYPE, "application/octet-stream")
     .header(header::ACCEPT_RANGES, "bytes");

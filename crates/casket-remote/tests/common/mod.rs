@@ -6,6 +6,7 @@ use std::sync::Arc;
 use casket_cache::{Namespace, Namespaces, Quota, QuotaOptions};
 use casket_remote::server::{Access, AccessPolicy, Metrics, ServerOptions, bind, serve};
 use casket_store::{DiskOptions, DiskStore};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use tonic::transport::Channel;
 
 /// A running server, stopped when dropped.
@@ -91,5 +92,33 @@ pub async fn start_on(
         metrics,
         namespaces,
         stop: Some(stop),
+    }
+}
+
+/// A CA, a server certificate for `localhost` and a client certificate it signed (PEM; key
+/// pairs as (certificate, key)).
+pub struct Pki {
+    pub ca: String,
+    pub server: (String, String),
+    pub client: (String, String),
+}
+
+/// A fresh [`Pki`].
+pub fn pki() -> Pki {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let leaf = |name: &str| {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec![name.to_owned()])
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    Pki {
+        ca: ca.pem(),
+        server: leaf("localhost"),
+        client: leaf("build-bot"),
     }
 }
