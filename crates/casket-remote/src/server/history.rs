@@ -79,12 +79,15 @@ fn now_minute() -> u64 {
         .map_or(0, |d| d.as_secs() / 60)
 }
 
-/// Adds `traffic` under `key` in `map`, or under `other` once the map is full.
+/// The label traffic beyond [`MAX_KEYS`] is counted under.
+const OTHER: &str = "other";
+
+/// Adds `traffic` under `key` in `map`, or under [`OTHER`] once the map is full.
 fn add_bounded(map: &mut HashMap<String, Traffic>, key: &str, traffic: &Traffic) {
     let key = if map.contains_key(key) || map.len() < MAX_KEYS {
         key
     } else {
-        "other"
+        OTHER
     };
     map.entry(key.to_owned()).or_default().add(traffic);
 }
@@ -124,7 +127,7 @@ impl History {
     }
 
     /// The history as JSON: the minutes with traffic, oldest first, and the busiest clients
-    /// over all of them.
+    /// over all of them (the overflow label is not a client, so it is not ranked).
     pub(crate) fn to_json(&self) -> serde_json::Value {
         let minutes = self
             .minutes
@@ -133,7 +136,7 @@ impl History {
         let cutoff = now_minute().saturating_sub(MINUTES as u64);
         let mut clients: HashMap<&str, Traffic> = HashMap::new();
         for minute in minutes.iter().filter(|m| m.minute > cutoff) {
-            for (client, traffic) in &minute.clients {
+            for (client, traffic) in minute.clients.iter().filter(|(c, _)| *c != OTHER) {
                 clients.entry(client).or_default().add(traffic);
             }
         }

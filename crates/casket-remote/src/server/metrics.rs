@@ -717,10 +717,7 @@ mod tests {
             "grpc-python"
         );
         assert_eq!(tool_name(Some(""), Some("ccache/4.7.5")), "ccache");
-        assert_eq!(
-            tool_name(None, Some("<script>alert(1)</script>")),
-            "scriptalert1script"
-        );
+        assert_eq!(tool_name(None, Some("<script>alert(1)</script>")), "scriptalert1");
         assert_eq!(tool_name(None, None), "unknown");
         assert_eq!(tool_name(Some(&"x".repeat(100)), None).len(), 32);
     }
