@@ -14,7 +14,7 @@ mod hasher;
 mod name;
 pub mod proto;
 
-pub use digest::{Digest, DigestError, DigestFunction, hex_digits, parse_hash};
+pub use digest::{Digest, DigestError, DigestFunction, hex_digits, parse_hash, parse_hex_digits};
 pub use directory::{
     Directory, DirectoryError, FileNode, Node, NodeKind, NodeProperties, SymlinkNode, Timestamp,
 };

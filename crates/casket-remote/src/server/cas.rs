@@ -16,6 +16,7 @@ use futures::Stream;
 use prost::Message;
 use tonic::{Code, Request, Response, Status};
 
+use super::find_missing::{FindMissingRequest, FindMissingResponse, WireDigest};
 use super::metrics::Lookup;
 use super::{MAX_MESSAGE_BYTES, Shared};
 use crate::status::{from_cache, from_store, store_code};
@@ -34,6 +35,41 @@ pub(crate) struct Cas {
 impl Cas {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
         Cas { shared }
+    }
+
+    /// FindMissingBlobs on the messages that skip a `String` per digest (what casket serves).
+    pub(crate) async fn find_missing(
+        &self,
+        request: FindMissingRequest,
+    ) -> Result<FindMissingResponse, Status> {
+        let function = digest_function(request.digest_function).map_err(from_cache)?;
+        let digests = request
+            .blob_digests
+            .iter()
+            .map(|d| d.to_digest(function))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(from_cache)?;
+        let missing = self.missing(&request.instance_name, &digests).await?;
+        Ok(FindMissingResponse {
+            missing_blob_digests: missing.iter().map(WireDigest::from).collect(),
+        })
+    }
+
+    /// Which of `digests` the instance lacks, counted as lookups.
+    async fn missing(&self, instance_name: &str, digests: &[Digest]) -> Result<Vec<Digest>, Status> {
+        let missing = self
+            .shared
+            .namespace(instance_name)?
+            .blobs
+            .find_missing(digests)
+            .await
+            .map_err(from_store)?;
+        self.shared.metrics.lookups(
+            Lookup::Blob,
+            (digests.len() - missing.len()) as u64,
+            missing.len() as u64,
+        );
+        Ok(missing)
     }
 }
 
@@ -66,19 +102,7 @@ impl reapi::content_addressable_storage_server::ContentAddressableStorage for Ca
             .map(|d| digest(function, Some(d)))
             .collect::<Result<Vec<_>, _>>()
             .map_err(from_cache)?;
-        let missing = self
-            .shared
-            .namespace(&request.instance_name)?
-            .blobs
-            .find_missing(&digests)
-            .await
-            .map_err(from_store)?;
-        let metrics = &self.shared.metrics;
-        metrics.lookups(
-            Lookup::Blob,
-            (digests.len() - missing.len()) as u64,
-            missing.len() as u64,
-        );
+        let missing = self.missing(&request.instance_name, &digests).await?;
         Ok(Response::new(reapi::FindMissingBlobsResponse {
             missing_blob_digests: missing.iter().map(Digest::to_proto).collect(),
         }))

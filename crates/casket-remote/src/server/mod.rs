@@ -11,6 +11,7 @@ mod asset;
 mod bytestream;
 mod capabilities;
 mod cas;
+mod find_missing;
 mod history;
 mod limits;
 pub(crate) mod metrics;
@@ -28,7 +29,6 @@ use bazel_remote_apis::google::bytestream::byte_stream_server::ByteStreamServer;
 use casket_cache::{Namespace, Namespaces};
 use reapi::action_cache_server::ActionCacheServer;
 use reapi::capabilities_server::CapabilitiesServer;
-use reapi::content_addressable_storage_server::ContentAddressableStorageServer;
 use tokio::net::TcpListener;
 use tonic::Status;
 use tonic::service::RoutesBuilder;
@@ -222,11 +222,7 @@ fn cache_routes_of(shared: &Arc<Shared>) -> RoutesBuilder {
         .add_service(CapabilitiesServer::new(capabilities::Capabilities::new(
             shared.clone(),
         )))
-        .add_service(
-            ContentAddressableStorageServer::new(cas::Cas::new(shared.clone()))
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        )
+        .add_service(find_missing::CasService::new(cas::Cas::new(shared.clone())))
         .add_service(
             ByteStreamServer::new(bytestream::ByteStream::new(shared.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
