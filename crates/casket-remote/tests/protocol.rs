@@ -631,3 +631,93 @@ async fn remote_asset_probes_pushes_and_fetches() {
         Code::NotFound
     );
 }
+
+#[tokio::test]
+async fn find_missing_blobs_answers_per_digest_function_and_refuses_bad_digests() {
+    let server = start(true).await;
+    let mut client = cas(&server);
+    let stored = sha(b"stored");
+    let absent = sha(b"absent");
+    let blake3 = Digest::of(DigestFunction::Blake3, b"stored");
+    for (digest, function) in [
+        (&stored, 0),
+        (&blake3, reapi::digest_function::Value::Blake3 as i32),
+    ] {
+        let response = client
+            .batch_update_blobs(reapi::BatchUpdateBlobsRequest {
+                requests: vec![upload(digest, b"stored")],
+                digest_function: function,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(response.responses[0].status.as_ref().map(|s| s.code), Some(0));
+    }
+    let find = |digests: Vec<reapi::Digest>, digest_function: i32| reapi::FindMissingBlobsRequest {
+        blob_digests: digests,
+        digest_function,
+        ..Default::default()
+    };
+    // A size that differs from the stored blob's is missing too; the answer keeps the order asked.
+    let wrong_size = reapi::Digest {
+        size_bytes: 7,
+        ..stored.to_proto()
+    };
+    let missing = client
+        .find_missing_blobs(find(
+            vec![absent.to_proto(), stored.to_proto(), wrong_size.clone()],
+            0,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .missing_blob_digests;
+    assert_eq!(missing, vec![absent.to_proto(), wrong_size]);
+    // The BLAKE3 blob is found only by its own function.
+    let blake3_function = reapi::digest_function::Value::Blake3 as i32;
+    let missing = client
+        .find_missing_blobs(find(vec![blake3.to_proto()], blake3_function))
+        .await
+        .unwrap()
+        .into_inner()
+        .missing_blob_digests;
+    assert!(missing.is_empty());
+    let missing = client
+        .find_missing_blobs(find(vec![blake3.to_proto()], 0))
+        .await
+        .unwrap()
+        .into_inner()
+        .missing_blob_digests;
+    assert_eq!(missing, vec![blake3.to_proto()]);
+    // Upper-case hex, a short hash, a negative size and an unknown function are refused by name.
+    let upper = reapi::Digest {
+        hash: stored.hash_hex().to_uppercase(),
+        size_bytes: 6,
+    };
+    let short = reapi::Digest {
+        hash: "ab".to_owned(),
+        size_bytes: 6,
+    };
+    let negative = reapi::Digest {
+        size_bytes: -1,
+        ..stored.to_proto()
+    };
+    for (bad, named) in [
+        (upper.clone(), upper.hash.clone()),
+        (short, "ab".to_owned()),
+        (negative, "-1".to_owned()),
+    ] {
+        let status = client
+            .find_missing_blobs(find(vec![stored.to_proto(), bad], 0))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains(&named), "{status:?}");
+    }
+    let status = client
+        .find_missing_blobs(find(vec![stored.to_proto()], 99))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+}
