@@ -99,12 +99,10 @@ impl WireDigest {
         }
         let mut text = String::new();
         encoding::string::merge(wire_type, &mut text, buf, ctx)?;
-        self.hash = match text.as_bytes().first_chunk::<64>().filter(|_| text.len() == 64) {
-            Some(digits) => {
-                casket_model::parse_hex_digits(digits).map_or(WireHash::Text(text), WireHash::Parsed)
-            }
-            None => WireHash::Text(text),
-        };
+        let parsed = <&[u8; 64]>::try_from(text.as_bytes())
+            .ok()
+            .and_then(casket_model::parse_hex_digits);
+        self.hash = parsed.map_or(WireHash::Text(text), WireHash::Parsed);
         Ok(())
     }
 }
