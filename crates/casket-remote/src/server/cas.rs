@@ -90,6 +90,8 @@ type ChunkMappingStream = Pin<Box<dyn Stream<Item = Result<reapi::GetChunkMappin
 
 #[tonic::async_trait]
 impl reapi::content_addressable_storage_server::ContentAddressableStorage for Cas {
+    /// The generated messages' FindMissingBlobs; `CasService` routes the method to
+    /// [`Cas::find_missing`] instead, which answers the same.
     async fn find_missing_blobs(
         &self,
         request: Request<reapi::FindMissingBlobsRequest>,
